@@ -1,0 +1,446 @@
+"""The storage pool: the async facade over chunk files, the index and recovery points.
+
+Blocking work (file I/O, fsync, hashing, zstd, sqlite3) runs on a bounded thread pool,
+so an event loop that uses the pool stays responsive. One process opens a pool at a time
+(an exclusive flock on `pool.lock`); inside it, sessions, GC and verify run concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import functools
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from itertools import islice
+from pathlib import Path
+from typing import ParamSpec, TypeVar
+
+from storage_pool import framing
+from storage_pool.atomicfile import TMP_MARK, fsync_dir, make_dir_durable, write_atomic
+from storage_pool.chunk_store import ChunkStore
+from storage_pool.chunker import Chunker
+from storage_pool.config import CONFIG_NAME, PoolConfig, read_config, write_config
+from storage_pool.gc import SAFETY_FULL, GcReport, SafetyParameters, collect
+from storage_pool.errors import (
+    ManifestError,
+    PoolBusyError,
+    PoolConfigError,
+    PoolError,
+    PoolIOError,
+    RecoveryPointNotFoundError,
+)
+from storage_pool.ids import ChunkId, RecoveryPointId, parse_recovery_point_id
+from storage_pool.index import INDEX_NAME, ChunkIndex
+from storage_pool.manifest import Entry, iter_entries
+from storage_pool.recovery_point import RP_DIR, RecoveryPoint, data_source_dirname, record_path
+from storage_pool.session import PutResult, Session
+from storage_pool.verify import ChunkSource, VerifyReport, verify
+
+P = ParamSpec("P")
+T = TypeVar("T")
+LOCK_NAME = "pool.lock"
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    recovery_points: int
+    logical_bytes: int
+    stored_bytes: int
+    chunk_count: int
+    fs_total_bytes: int
+    fs_free_bytes: int
+
+    @property
+    def dedup_ratio(self) -> float:
+        """Logical bytes per stored byte (dedup and compression together)."""
+        return self.logical_bytes / self.stored_bytes if self.stored_bytes else 0.0
+
+
+@dataclass(slots=True)
+class MarkState:
+    """What GC must not sweep beyond committed RPs: chunks touched by sessions.
+
+    `watchers` holds, for each running GC, every session open at any moment of its run;
+    a session that commits during GC stays there, so its chunks survive that GC even if
+    its record appeared after GC listed the recovery points.
+    """
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    open_sessions: set[Session] = field(default_factory=set)
+    watchers: list[set[Session]] = field(default_factory=list)
+
+
+class StoragePool:
+    def __init__(
+        self,
+        root: Path,
+        config: PoolConfig,
+        lock_fd: int,
+        *,
+        io_workers: int,
+        clock: Callable[[], int],
+    ) -> None:
+        self.root = root
+        self.config = config
+        self._lock_fd = lock_fd
+        self.store = ChunkStore(root)
+        self.index = self._open_index()
+        self.marks = MarkState()
+        self.now_ns = clock
+        self._executor = ThreadPoolExecutor(io_workers, thread_name_prefix="pool-io")
+        self._closed = False
+
+    # -- opening and closing --
+
+    @classmethod
+    async def create(
+        cls,
+        root: Path | str,
+        config: PoolConfig | None = None,
+        *,
+        io_workers: int = 4,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> StoragePool:
+        root = Path(root)
+        cfg = config or PoolConfig()
+
+        def work() -> None:
+            make_dir_durable(root)
+            if (root / CONFIG_NAME).exists():
+                raise PoolConfigError(root / CONFIG_NAME, "a pool already exists here")
+            if any(p.name != LOCK_NAME for p in root.iterdir()):
+                raise PoolConfigError(root / CONFIG_NAME, f"{root} is not empty")
+            for sub in ("chunks", RP_DIR):
+                make_dir_durable(root / sub)
+            write_config(root, cfg)
+
+        await asyncio.to_thread(work)
+        return await cls.open(root, io_workers=io_workers, clock=clock)
+
+    @classmethod
+    async def open(
+        cls,
+        root: Path | str,
+        *,
+        io_workers: int = 4,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> StoragePool:
+        root = Path(root)
+
+        def work() -> StoragePool:
+            cfg = read_config(root)
+            lock_fd = _lock(root)
+            try:
+                pool = cls(root, cfg, lock_fd, io_workers=io_workers, clock=clock)
+                pool._recover_after_crash()
+            except BaseException:
+                os.close(lock_fd)
+                raise
+            return pool
+
+        return await asyncio.to_thread(work)
+
+    def _open_index(self) -> ChunkIndex:
+        path = self.root / INDEX_NAME
+        try:
+            index = ChunkIndex(path)
+            complete = index.get_meta("complete") == "1"
+        except sqlite3.DatabaseError:
+            # The index is a cache of chunks/: a damaged one is set aside and rebuilt.
+            for suffix in ("", "-wal", "-shm"):
+                p = Path(f"{path}{suffix}")
+                if p.exists():
+                    p.rename(p.with_name(f"{p.name}.damaged-{time.time_ns()}"))
+            index = ChunkIndex(path)
+            complete = False
+        if not complete:
+            self._rebuild_index(index)
+        return index
+
+    def _rebuild_index(self, index: ChunkIndex) -> int:
+        index.clear()
+        count = 0
+        batch: list[tuple[ChunkId, int]] = []
+        for cf in self.store.iter_files():
+            batch.append((cf.id, cf.size))
+            if len(batch) >= 10_000:
+                index.add(batch)
+                count += len(batch)
+                batch = []
+        index.add(batch)
+        count += len(batch)
+        index.set_meta("complete", "1")
+        return count
+
+    def _recover_after_crash(self) -> None:
+        # No other process can be writing (we hold the lock): temp files are leftovers.
+        self.store.remove_stale_tmp()
+        rp_root = self.root / RP_DIR
+        if rp_root.is_dir():
+            for ds_dir in rp_root.iterdir():
+                for p in ds_dir.iterdir() if ds_dir.is_dir() else ():
+                    if TMP_MARK in p.name:
+                        p.unlink()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._executor.shutdown(wait=True)
+        self.index.close()
+        os.close(self._lock_fd)
+
+    async def __aenter__(self) -> StoragePool:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- plumbing shared with sessions, gc and verify --
+
+    async def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        if self._closed:
+            raise PoolError(f"storage pool {self.root} is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+    def clock_datetime(self) -> datetime:
+        return datetime.fromtimestamp(self.now_ns() / 1e9, UTC)
+
+    def new_chunker(self) -> Chunker:
+        return Chunker(self.config.chunker)
+
+    def protect(self, session: Session, ids: Sequence[ChunkId]) -> None:
+        with self.marks.lock:
+            session.protected.update(ids)
+
+    def end_session(self, session: Session) -> None:
+        with self.marks.lock:
+            self.marks.open_sessions.discard(session)
+
+    def put_chunks(self, session: Session, chunks: Sequence[framing.EncodedChunk]) -> PutResult:
+        """Store chunks durably in the order documented in chunk_store.py."""
+        unique = list({c.id: c for c in chunks}.values())
+        ids = [c.id for c in unique]
+        self.protect(session, ids)  # before the lookup: see gc.py
+        present = self.index.present(ids)
+        new = [c for c in unique if c.id not in present]
+        tmps: list[Path] = []
+        try:
+            for c in new:
+                tmps.append(self.store.write_tmp(c))
+            for c, tmp in zip(new, tmps, strict=True):
+                self.store.rename_into_place(c.id, tmp)
+            self.store.sync_dirs([c.id for c in new])
+        except OSError as err:
+            for tmp in tmps:
+                tmp.unlink(missing_ok=True)
+            where = new[len(tmps)].id.hex() if len(tmps) < len(new) else "a batch"
+            raise PoolIOError(f"storing chunk {where} in pool {self.root}", err) from err
+        self.index.add((c.id, len(c.frame)) for c in new)
+        return PutResult(
+            chunks=len(chunks),
+            new_chunks=len(new),
+            new_stored_bytes=sum(len(c.frame) for c in new),
+        )
+
+    def write_recovery_point(self, rp: RecoveryPoint) -> None:
+        path = record_path(self.root, rp)
+        try:
+            make_dir_durable(path.parent)
+            write_atomic(path, rp.to_json())
+        except OSError as err:
+            raise PoolIOError(f"committing recovery point {rp.id} in pool {self.root}", err) from err
+
+    # -- sessions --
+
+    def session(self, data_source: str, *, parent: RecoveryPointId | None = None) -> Session:
+        if self._closed:
+            raise PoolError(f"storage pool {self.root} is closed")
+        s = Session(self, data_source, parent)
+        with self.marks.lock:
+            self.marks.open_sessions.add(s)
+            for watcher in self.marks.watchers:
+                watcher.add(s)
+        return s
+
+    # -- recovery points --
+
+    def list_recovery_points_sync(self, data_source: str | None = None) -> list[RecoveryPoint]:
+        rp_root = self.root / RP_DIR
+        if data_source is not None:
+            dirs = [rp_root / data_source_dirname(data_source)]
+        else:
+            dirs = sorted(p for p in rp_root.iterdir() if p.is_dir())
+        out: list[RecoveryPoint] = []
+        for d in dirs:
+            try:
+                names = sorted(os.listdir(d))
+            except FileNotFoundError:
+                continue
+            for name in names:
+                if name.endswith(".json") and TMP_MARK not in name:
+                    rp = RecoveryPoint.from_json((d / name).read_bytes(), d / name)
+                    if data_source is None or rp.data_source == data_source:
+                        out.append(rp)
+        out.sort(key=lambda r: (r.created_ns, r.id))
+        return out
+
+    async def list_recovery_points(self, data_source: str | None = None) -> list[RecoveryPoint]:
+        return await self.run(self.list_recovery_points_sync, data_source)
+
+    def _find_record(self, rp_id: RecoveryPointId | str) -> Path:
+        rp_id = parse_recovery_point_id(str(rp_id))
+        rp_root = self.root / RP_DIR
+        for d in rp_root.iterdir() if rp_root.is_dir() else ():
+            candidate = d / f"{rp_id}.json"
+            if candidate.is_file():
+                return candidate
+        raise RecoveryPointNotFoundError(rp_id)
+
+    def get_recovery_point_sync(self, rp_id: RecoveryPointId | str) -> RecoveryPoint:
+        path = self._find_record(rp_id)
+        return RecoveryPoint.from_json(path.read_bytes(), path)
+
+    async def get_recovery_point(self, rp_id: RecoveryPointId | str) -> RecoveryPoint:
+        return await self.run(self.get_recovery_point_sync, rp_id)
+
+    async def delete_recovery_point(self, rp_id: RecoveryPointId | str) -> None:
+        """Remove the RP's record; its chunks become garbage for the next GC."""
+
+        def work() -> None:
+            path = self._find_record(rp_id)
+            path.unlink()
+            fsync_dir(path.parent)
+
+        await self.run(work)
+
+    def iter_entries_sync(self, rp: RecoveryPoint) -> Iterator[Entry]:
+        def pieces() -> Iterator[bytes]:
+            for cid in rp.manifest_chunks:
+                try:
+                    yield self.store.get(cid)
+                except PoolError as err:
+                    raise ManifestError(f"manifest of recovery point {rp.id}", str(err)) from err
+
+        count = 0
+        for entry in iter_entries(pieces(), f"recovery point {rp.id}"):
+            count += 1
+            yield entry
+        if count != rp.entries:
+            raise ManifestError(
+                f"manifest of recovery point {rp.id}",
+                f"holds {count} entries, the record says {rp.entries}",
+            )
+
+    async def iter_entries(self, rp: RecoveryPoint, batch: int = 2000) -> AsyncIterator[Entry]:
+        gen = self.iter_entries_sync(rp)
+        while True:
+            part = await self.run(lambda: list(islice(gen, batch)))
+            if not part:
+                return
+            for entry in part:
+                yield entry
+
+    async def find_entry(self, rp: RecoveryPoint, path: bytes) -> Entry:
+        """The entry at `path`; for a secondary hardlink, the entry that holds the data."""
+
+        def work() -> Entry:
+            groups: dict[int, Entry] = {}
+            for entry in self.iter_entries_sync(rp):
+                if entry.hardlink_group is not None and entry.hardlink_group not in groups:
+                    groups[entry.hardlink_group] = entry
+                if entry.path == path:
+                    if entry.hardlink_group is not None:
+                        return groups[entry.hardlink_group]
+                    return entry
+            raise KeyError(f"{path!r} is not in recovery point {rp.id}")
+
+        return await self.run(work)
+
+    async def read_file(self, entry: Entry) -> AsyncIterator[bytes]:
+        """Stream a file's bytes, chunk by chunk, each verified; the next one prefetched."""
+        ids = entry.chunk_ids
+        if not ids:
+            return
+        nxt: asyncio.Future[bytes] = asyncio.ensure_future(self.run(self.store.get, ids[0]))
+        try:
+            for i in range(len(ids)):
+                data = await nxt
+                if i + 1 < len(ids):
+                    nxt = asyncio.ensure_future(self.run(self.store.get, ids[i + 1]))
+                yield data
+        finally:
+            if not nxt.done():
+                nxt.cancel()
+
+    async def get_chunk(self, cid: ChunkId) -> bytes:
+        return await self.run(self.store.get, cid)
+
+    async def read_chunk_frame(self, cid: ChunkId) -> bytes:
+        return await self.run(self.store.read_frame, cid)
+
+    async def missing(self, ids: Sequence[ChunkId]) -> list[ChunkId]:
+        """Ids the pool lacks, without protecting the rest (for reports; sessions use theirs)."""
+
+        def work() -> list[ChunkId]:
+            present = self.index.present(ids)
+            return [c for c in dict.fromkeys(ids) if c not in present]
+
+        return await self.run(work)
+
+    # -- maintenance --
+
+    async def stats(self) -> PoolStats:
+        def work() -> PoolStats:
+            rps = self.list_recovery_points_sync()
+            count, stored = self.index.totals()
+            usage = self.store.disk_usage()
+            return PoolStats(
+                recovery_points=len(rps),
+                logical_bytes=sum(r.logical_bytes for r in rps),
+                stored_bytes=stored,
+                chunk_count=count,
+                fs_total_bytes=usage.total,
+                fs_free_bytes=usage.free,
+            )
+
+        return await self.run(work)
+
+    async def rebuild_index(self) -> int:
+        return await self.run(self._rebuild_index, self.index)
+
+    async def gc(self, safety: SafetyParameters = SAFETY_FULL) -> GcReport:
+        return await self.run(collect, self, safety)
+
+    async def verify(
+        self,
+        *,
+        sample: float | None = None,
+        seed: int | None = None,
+        repair_from: ChunkSource | None = None,
+        quarantine: bool = True,
+    ) -> VerifyReport:
+        return await verify(
+            self, sample=sample, seed=seed, repair_from=repair_from, quarantine=quarantine
+        )
+
+
+def _lock(root: Path) -> int:
+    fd = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as err:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown holder"
+        os.close(fd)
+        raise PoolBusyError(root, holder) from err
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename}\n".encode(), 0)
+    return fd
