@@ -6,11 +6,14 @@ state or the new one, never a torn file under its final name.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import secrets
 from pathlib import Path
 
 TMP_MARK = ".tmp-"
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
 def fsync_dir(path: Path | str) -> None:
@@ -25,8 +28,21 @@ def tmp_name(final: Path) -> Path:
     return final.with_name(f"{final.name}{TMP_MARK}{secrets.token_hex(6)}")
 
 
-def write_durable_tmp(final: Path, data: bytes | memoryview) -> Path:
-    """Write `data` to a fresh temp file beside `final` and fsync it; return its path."""
+def syncfs(path: Path | str) -> None:
+    """Flush every dirty page and inode of the filesystem holding `path` (one device flush
+    for many files, where an fsync per file would pay one each)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), str(path))
+    finally:
+        os.close(fd)
+
+
+def write_durable_tmp(final: Path, data: bytes | memoryview, *, fsync: bool = True) -> Path:
+    """Write `data` to a fresh temp file beside `final` (fsynced unless told not to: the
+    caller then owes a syncfs before anything relies on it); return its path."""
     tmp = tmp_name(final)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
@@ -34,7 +50,8 @@ def write_durable_tmp(final: Path, data: bytes | memoryview) -> Path:
         while view:
             written = os.write(fd, view)
             view = view[written:]
-        os.fsync(fd)
+        if fsync:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         tmp.unlink(missing_ok=True)

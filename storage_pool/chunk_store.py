@@ -1,12 +1,15 @@
 """Chunk files on disk: `chunks/<first 3 hex digits>/<64 hex digits>`, one frame each.
 
-Write order for a batch of new chunks (`install`):
+Write order for a batch of new chunks (pool.put_chunks), at durability level "file":
   1. each frame goes to a temp file in its shard directory and is fsynced;
   2. the temp file is renamed to the chunk's name (replacing an older copy is harmless:
      same id, same content; it also heals a damaged copy);
   3. every shard directory that gained a name is fsynced;
   4. only then are the chunks entered in the index (see index.py).
-Nothing references a chunk before step 4 returns. Temp files left by a crash carry
+At level "filesystem" (the default), steps 1 and 3 are replaced by one syncfs() of the
+pool's filesystem per batch of many chunks, taken before step 4; until then the chunks
+are "pending" (known to the process, not to the index). Either way nothing references a
+chunk before it is durable: a commit waits for the sync. Temp files left by a crash carry
 `.tmp-` in their name and are removed when the pool is next opened.
 """
 
@@ -50,14 +53,14 @@ class ChunkStore:
         name = cid.hex()
         return self.dir / name[:SHARD_DIGITS] / name
 
-    def write_tmp(self, chunk: framing.EncodedChunk) -> Path:
-        """Step 1: a durable temp file holding the frame."""
+    def write_tmp(self, chunk: framing.EncodedChunk, *, fsync: bool = True) -> Path:
+        """Step 1: a temp file holding the frame (fsynced at durability level "file")."""
         final = self.path_of(chunk.id)
         try:
-            return write_durable_tmp(final, chunk.frame)
+            return write_durable_tmp(final, chunk.frame, fsync=fsync)
         except FileNotFoundError:
             make_dir_durable(final.parent)
-            return write_durable_tmp(final, chunk.frame)
+            return write_durable_tmp(final, chunk.frame, fsync=fsync)
 
     def rename_into_place(self, cid: ChunkId, tmp: Path) -> None:
         """Step 2."""

@@ -79,41 +79,47 @@ class Chunker:
         for c in self._cdc.cut_buf(view):
             yield view[c.offset : c.offset + c.length]
 
-    def cut_fd(self, fd: int, size_hint: int = 0) -> Iterator[bytes]:
-        """Cut the rest of an open file, reading big blocks; yields chunk copies.
+    def cut_fd(self, fd: int, size_hint: int = 0) -> Iterator[list[memoryview]]:
+        """Cut the rest of an open file into chunks, yielding them a block at a time.
 
-        A small file is read in one go (it becomes one chunk anyway); larger ones are read
-        in READ_BLOCK pieces with the unfinished tail carried over, which gives exactly
-        the boundaries of cutting the whole file at once.
+        The views in each yielded list point into one reused buffer and are valid only
+        until the generator is resumed: consume (hash, store) them before asking for
+        more. A file no larger than min_size is one chunk and is read in one go. The
+        unfinished tail of each block is carried to the next, which gives exactly the
+        boundaries of cutting the whole file at once.
         """
         if 0 < size_hint <= self.params.min_size:
             data = _read_all(fd, size_hint)
             if data:
-                yield data
+                yield [memoryview(data)]
             return
-        carry = b""
-        while True:
-            block = os.read(fd, READ_BLOCK)
-            if not block:
+        buf = bytearray(READ_BLOCK + self.params.max_size)
+        view = memoryview(buf)
+        have = 0
+        eof = False
+        while not eof:
+            while have < len(buf):
+                n = os.readv(fd, [view[have:]])
+                if n == 0:
+                    eof = True
+                    break
+                have += n
+            if have == 0:
                 break
-            buf = carry + block if carry else block
-            view = memoryview(buf)
-            pending: memoryview | None = None
-            for c in self._cdc.cut_buf(view):
-                if pending is not None:
-                    yield bytes(pending)
-                pending = view[c.offset : c.offset + c.length]
-            # The last cut of a buffer may only be where the buffer ended: keep it for the
-            # next round unless it is a max-size cut, which is final regardless.
-            if pending is not None:
-                if len(pending) >= self.params.max_size:
-                    yield bytes(pending)
-                    carry = b""
-                else:
-                    carry = bytes(pending)
-                del pending
-        if carry:
-            yield carry
+            chunks: list[memoryview] = []
+            for c in self._cdc.cut_buf(view[:have]):
+                chunks.append(view[c.offset : c.offset + c.length])
+            # The last cut may be only where the buffer ended: carry it into the next
+            # round, unless it is final (end of file, or a forced max-size cut).
+            carry = 0
+            if not eof and chunks and len(chunks[-1]) < self.params.max_size:
+                carry = len(chunks.pop())
+            if chunks:
+                yield chunks
+            chunks.clear()
+            if carry:
+                buf[:carry] = buf[have - carry : have]
+            have = carry
 
 
 def _read_all(fd: int, size_hint: int) -> bytes:

@@ -75,7 +75,7 @@ def encode(data: bytes | bytearray | memoryview, level: int) -> bytes:
         packed = _compressor(level).compress(data)
         if len(packed) <= size - (size >> 6):
             return HEADER.pack(MAGIC, FRAME_VERSION, CODEC_ZSTD, size, len(packed)) + packed
-    return HEADER.pack(MAGIC, FRAME_VERSION, CODEC_RAW, size, size) + bytes(data)
+    return b"".join((HEADER.pack(MAGIC, FRAME_VERSION, CODEC_RAW, size, size), data))
 
 
 def encode_chunk(data: bytes | bytearray | memoryview, level: int) -> EncodedChunk:

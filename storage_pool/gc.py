@@ -72,6 +72,7 @@ def collect(pool: StoragePool, safety: SafetyParameters) -> GcReport:
         started_ns=started,
         cutoff_ns=started - int(safety.min_chunk_age.total_seconds() * 1e9),
     )
+    pool.sync()  # pending chunks enter the index, so the sweep sees one state
     watched: set[Session] = set()
     with pool.marks.lock:
         watched.update(pool.marks.open_sessions)
@@ -132,6 +133,7 @@ def _sweep(
             if doomed:
                 pool.index.remove(f.id for f in doomed)
                 for f in doomed:
+                    pool.marks.pending.pop(f.id, None)
                     store.unlink(f.id)
         report.swept_chunks += len(doomed)
         report.swept_bytes += sum(f.size for f in doomed)

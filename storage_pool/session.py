@@ -85,7 +85,7 @@ class Session:
         """Which of `ids` the pool lacks. The present ones stay protected and usable."""
         self._check_open()
         self.pool.protect(self, ids)
-        present = self.pool.index.present(ids)
+        present = self.pool.present(ids)
         with self._lock:
             self._confirmed.update(present)
         return [cid for cid in dict.fromkeys(ids) if cid not in present]

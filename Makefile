@@ -1,0 +1,130 @@
+# Stockade developer targets. From a clean clone on Debian/Ubuntu: `make run`, `make test`.
+# Needs python3 (3.11+) with venv (apt: python3-venv), make and git; apt packages listed in
+# APT_PACKAGES are installed on demand (as root, or with sudo).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+
+# Interpreter used to create .venv; the first of these that is 3.11+ wins.
+PYTHON_CANDIDATES ?= python3 python3.13 python3.12 python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.stamp
+PIP := $(BIN)/python -m pip --disable-pip-version-check --no-input
+
+# System packages the project needs (later issues add mosquitto, ...).
+APT_PACKAGES :=
+
+# Prints the name of the first 3.11+ interpreter, or fails with a clear message.
+define find_python
+py=""; \
+for c in $(PYTHON_CANDIDATES); do \
+	if command -v "$$c" >/dev/null 2>&1 && \
+	   "$$c" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then \
+		py="$$c"; break; \
+	fi; \
+done; \
+if [ -z "$$py" ]; then \
+	echo "error: Python 3.11 or newer is required (tried: $(PYTHON_CANDIDATES))." >&2; \
+	echo "  On Debian/Ubuntu: apt-get install python3 python3-venv" >&2; \
+	echo "  (or python3.11 python3.11-venv where python3 is older)." >&2; \
+	exit 1; \
+fi
+endef
+
+.PHONY: help setup system-deps lint test run bench lock clean
+
+help:
+	@echo "make setup        create .venv and install stockade[dev] with constraints.txt"
+	@echo "make run          setup, then run the storage pool benchmark on a small dataset"
+	@echo "make test         setup, lint, then the default test suite (not slow)"
+	@echo "make lint         ruff check, ruff format --check, mypy, lint-imports"
+	@echo "make bench        setup, then the full storage pool benchmark"
+	@echo "make lock         regenerate constraints.txt from a fresh venv"
+	@echo "make system-deps  apt-get install missing APT_PACKAGES (currently: $(or $(APT_PACKAGES),none))"
+	@echo "make clean        remove .venv and caches"
+
+system-deps:
+	@missing=""; \
+	for p in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' "$$p" 2>/dev/null | grep -q 'install ok installed' \
+			|| missing="$$missing $$p"; \
+	done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then sudo=""; \
+	elif command -v sudo >/dev/null 2>&1; then \
+		if [ -t 0 ]; then sudo="sudo"; else sudo="sudo -n"; fi; \
+	else \
+		echo "error: missing apt packages:$$missing" >&2; \
+		echo "  not root and no sudo: install them as root (apt-get install$$missing)" >&2; \
+		exit 1; \
+	fi; \
+	echo "installing apt packages:$$missing"; \
+	if ! { $$sudo apt-get update -q && \
+	       $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; }; then \
+		echo "error: could not install apt packages:$$missing" >&2; \
+		echo "  install them by hand (as root: apt-get install$$missing), then rerun make" >&2; \
+		exit 1; \
+	fi
+
+setup: system-deps $(STAMP)
+
+# Reinstalls only when pyproject.toml or constraints.txt changed (or .venv is new).
+$(STAMP): pyproject.toml constraints.txt
+	@if [ ! -x $(BIN)/python ]; then \
+		$(find_python); \
+		echo "creating $(VENV) with $$py ($$("$$py" -c 'import sys; print(sys.version.split()[0])'))"; \
+		rm -rf $(VENV); \
+		if ! "$$py" -m venv $(VENV); then \
+			rm -rf $(VENV); \
+			echo "error: '$$py -m venv' failed: the venv module or ensurepip is missing." >&2; \
+			echo "  On Debian/Ubuntu install the apt package python3-venv" >&2; \
+			echo "  (python3.X-venv for a non-default python3.X), then rerun make." >&2; \
+			exit 1; \
+		fi; \
+	fi
+	$(PIP) install -q --upgrade -c constraints.txt pip
+	$(PIP) install -q -e '.[dev]' -c constraints.txt
+	@touch $@
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy server agent storage_pool
+	$(BIN)/lint-imports
+
+test: lint
+	$(BIN)/pytest -m "not slow"
+
+# Until the server daemon exists, `make run` exercises the storage pool on a small dataset.
+# Next issue: this becomes `$(BIN)/stockade-server` with embedded defaults (data dir,
+# folder vault, own broker).
+run: setup
+	$(BIN)/python -m bench.pool_ingest --quick
+
+bench: setup
+	$(BIN)/python -m bench.pool_ingest
+
+# Resolves the newest versions allowed by pyproject.toml in a throw-away venv and pins them.
+lock:
+	@$(find_python); \
+	tmp="$$(mktemp -d)"; trap 'rm -rf "$$tmp"' EXIT; \
+	"$$py" -m venv "$$tmp/venv"; \
+	lpip="$$tmp/venv/bin/python -m pip --disable-pip-version-check --no-input"; \
+	$$lpip install -q --upgrade pip; \
+	$$lpip install -q -e '.[dev]'; \
+	{ \
+		echo "# Exact versions of every package in the development venv: pip, stockade[dev] and"; \
+		echo "# its dependencies. make setup installs with -c constraints.txt so every machine and"; \
+		echo "# CI get the same versions. Regenerate with: make lock"; \
+		$$lpip freeze --all --exclude-editable \
+			| grep -v -i -E '^(stockade|setuptools|wheel|distribute|pkg[-_]resources)([ =@]|$$)'; \
+	} > constraints.txt.new; \
+	mv constraints.txt.new constraints.txt; \
+	echo "constraints.txt updated; review with: git diff constraints.txt"
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .import_linter_cache
+	find . -path ./.git -prune -o -type d -name __pycache__ -exec rm -rf {} +
