@@ -89,6 +89,7 @@ __all__ = [
     "RecoveryPointNotFoundError",
     "SafetyParameters",
     "Session",
+    "SessionError",
     "StoragePool",
     "VerifyReport",
     "chunk_id_of",

@@ -129,8 +129,11 @@ class ChunkStore:
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue
-            chunks.append(ChunkFile(ChunkId(bytes.fromhex(name)), Path(entry.path),
-                                    st.st_size, st.st_mtime_ns))
+            chunks.append(
+                ChunkFile(
+                    ChunkId(bytes.fromhex(name)), Path(entry.path), st.st_size, st.st_mtime_ns
+                )
+            )
         return chunks, foreign
 
     def iter_files(self) -> Iterator[ChunkFile]:

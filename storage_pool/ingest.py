@@ -175,10 +175,12 @@ class _Worker:
         batch.clear()
 
 
-def _walk(root: bytes, rel: bytes, on_error: Callable[[str], None]) -> list[tuple[bytes, bytes, os.stat_result]]:
+def _walk(
+    root: bytes, rel: bytes, on_error: Callable[[str], None]
+) -> list[tuple[bytes, bytes, os.stat_result]]:
     """One directory level: (relative path, full path, lstat), names sorted bytewise."""
     full_dir = os.path.join(root, rel) if rel else root
-    out = []
+    out: list[tuple[bytes, bytes, os.stat_result]] = []
     try:
         with os.scandir(full_dir) as it:
             entries = sorted(it, key=lambda e: e.name)
@@ -196,126 +198,138 @@ def _walk(root: bytes, rel: bytes, on_error: Callable[[str], None]) -> list[tupl
     return out
 
 
-def _run(
-    session: Session,
-    root: bytes,
-    parent: RecoveryPoint | None,
-    workers: int,
-    stats: IngestStats,
-) -> RecoveryPoint:
-    pool = session.pool
-    parent_files: dict[bytes, Entry] = {}
-    if parent is not None:
-        for e in pool.iter_entries_sync(parent):
-            if e.type is EntryType.FILE and e.hardlink_group is None:
-                parent_files[e.path] = e
-    lock = threading.Lock()
-    compress_pool = ThreadPoolExecutor(workers, thread_name_prefix="ingest-zstd")
-    worker = _Worker(session, pool.config.compression_level, stats, lock, compress_pool)
-    window: collections.deque[tuple[Entry, Future[list[_Result | str]] | None, int]] = (
-        collections.deque()
-    )
-    ready: list[Entry] = []
-    group: list[_Item] = []
-    group_bytes = 0
-    outstanding: collections.deque[Future[list[_Result | str]]] = collections.deque()
-    hardlinks: dict[tuple[int, int], int] = {}
+_Slot = tuple[Entry, "Future[list[_Result | str]] | None", int]
 
-    def warn(msg: str) -> None:
-        stats.warnings.append(msg)
 
-    with ThreadPoolExecutor(workers, thread_name_prefix="ingest") as ex:
+class _TreeIngest:
+    """Walks the tree in manifest order, feeds file groups to the workers, and adds
+    entries to the session in order as their groups complete."""
 
-        def submit_group() -> None:
-            nonlocal group, group_bytes
-            if not group:
-                return
-            fut = ex.submit(worker.process, group)
-            for idx, item in enumerate(group):
-                window.append((item.entry, fut, idx))
-            outstanding.append(fut)
-            group, group_bytes = [], 0
+    def __init__(
+        self, session: Session, parent: RecoveryPoint | None, workers: int, stats: IngestStats
+    ) -> None:
+        self.session = session
+        self.workers = workers
+        self.stats = stats
+        self.parent_files: dict[bytes, Entry] = {}
+        if parent is not None:
+            for e in session.pool.iter_entries_sync(parent):
+                if e.type is EntryType.FILE and e.hardlink_group is None:
+                    self.parent_files[e.path] = e
+        self.window: collections.deque[_Slot] = collections.deque()
+        self.outstanding: collections.deque[Future[list[_Result | str]]] = collections.deque()
+        self.ready: list[Entry] = []
+        self.group: list[_Item] = []
+        self.group_bytes = 0
+        self.hardlinks: dict[tuple[int, int], int] = {}
 
-        def drain(block: bool) -> None:
-            while outstanding and (block or outstanding[0].done()):
-                outstanding.popleft().result()  # surfaces worker crashes at once
-                block = block and len(outstanding) >= workers * 4
-            while window:
-                entry, fut, idx = window[0]
-                if fut is not None and not fut.done():
-                    break
-                window.popleft()
-                if fut is None:
-                    ready.append(entry)
+    def warn(self, msg: str) -> None:
+        self.stats.warnings.append(msg)
+
+    def run(self, root: bytes) -> RecoveryPoint:
+        pool = self.session.pool
+        with (
+            ThreadPoolExecutor(self.workers, thread_name_prefix="ingest-store") as compress,
+            ThreadPoolExecutor(self.workers, thread_name_prefix="ingest") as ex,
+        ):
+            worker = _Worker(
+                self.session, pool.config.compression_level, self.stats, threading.Lock(), compress
+            )
+            self.ex, self.worker = ex, worker
+            stack = [_walk(root, b"", self.warn)]
+            while stack:
+                if not stack[-1]:
+                    stack.pop()
                     continue
-                res = fut.result()[idx]
-                if isinstance(res, str):
-                    warn(res)
-                    continue
-                ready.append(_complete(entry, res, stats))
-            if len(ready) >= 1000:
-                session.add_entries_sync(ready)
-                ready.clear()
+                rel, full, st = stack[-1].pop(0)
+                if self.visit(rel, full, st):
+                    stack.append(_walk(root, rel, self.warn))
+                self.drain(block=len(self.outstanding) >= self.workers * 4)
+            self.submit_group()
+            while self.window or self.outstanding:
+                self.drain(block=True)
+        self.session.add_entries_sync(self.ready)
+        return self.session.commit_sync()
 
-        stack: list[list[tuple[bytes, bytes, os.stat_result]]] = [_walk(root, b"", warn)]
-        while stack:
-            level = stack[-1]
-            if not level:
-                stack.pop()
-                continue
-            rel, full, st = level.pop(0)
-            etype = entry_type(st)
-            if etype is None:
-                warn(f"{os.fsdecode(full)}: unsupported file type, skipped")
-                continue
-            try:
-                entry = entry_from_stat(rel, full, st, etype)
-            except OSError as err:
-                warn(f"{os.fsdecode(full)}: {err.strerror or err}")
-                continue
+    def visit(self, rel: bytes, full: bytes, st: os.stat_result) -> bool:
+        """Record one object; True when it is a directory to descend into."""
+        etype = entry_type(st)
+        if etype is None:
+            self.warn(f"{os.fsdecode(full)}: unsupported file type, skipped")
+            return False
+        try:
+            entry = entry_from_stat(rel, full, st, etype)
+        except OSError as err:
+            self.warn(f"{os.fsdecode(full)}: {err.strerror or err}")
+            return False
+        if etype is not EntryType.FILE:
             if etype is EntryType.DIR:
-                stats.dirs += 1
-                submit_group()
-                window.append((entry, None, 0))
-                stack.append(_walk(root, rel, warn))
+                self.stats.dirs += 1
+            else:
+                self.stats.other += 1
+            self.add_now(entry)
+            return etype is EntryType.DIR
+        if st.st_nlink > 1:
+            key = (st.st_dev, st.st_ino)
+            if key in self.hardlinks:
+                self.stats.files += 1
+                self.add_now(replace(entry, hardlink_group=self.hardlinks[key]))
+                return False
+            entry.hardlink_group = self.hardlinks[key] = len(self.hardlinks)
+        if st.st_size == 0:
+            self.stats.files += 1
+            self.add_now(entry)
+            return False
+        p = self.parent_files.get(rel)
+        if p is not None and (p.size, p.mtime_ns, p.ctime_ns, p.inode) != (
+            st.st_size,
+            st.st_mtime_ns,
+            st.st_ctime_ns,
+            st.st_ino,
+        ):
+            p = None
+        if st.st_size > GROUP_BYTES:
+            self.submit_group()
+        self.group.append(_Item(entry, full, p))
+        self.group_bytes += 0 if p is not None else st.st_size
+        if len(self.group) >= GROUP_FILES or self.group_bytes >= GROUP_BYTES:
+            self.submit_group()
+        return False
+
+    def add_now(self, entry: Entry) -> None:
+        """An entry that needs no reading still waits for the files before it."""
+        self.submit_group()
+        self.window.append((entry, None, 0))
+
+    def submit_group(self) -> None:
+        if not self.group:
+            return
+        fut = self.ex.submit(self.worker.process, self.group)
+        for idx, item in enumerate(self.group):
+            self.window.append((item.entry, fut, idx))
+        self.outstanding.append(fut)
+        self.group, self.group_bytes = [], 0
+
+    def drain(self, *, block: bool) -> None:
+        while self.outstanding and (block or self.outstanding[0].done()):
+            self.outstanding.popleft().result()  # surfaces worker crashes at once
+            block = block and len(self.outstanding) >= self.workers * 4
+        while self.window:
+            entry, fut, idx = self.window[0]
+            if fut is not None and not fut.done():
+                break
+            self.window.popleft()
+            if fut is None:
+                self.ready.append(entry)
                 continue
-            if etype is not EntryType.FILE:
-                stats.other += 1
-                submit_group()
-                window.append((entry, None, 0))
+            res = fut.result()[idx]
+            if isinstance(res, str):
+                self.warn(res)
                 continue
-            if st.st_nlink > 1:
-                key = (st.st_dev, st.st_ino)
-                if key in hardlinks:
-                    submit_group()
-                    window.append((replace(entry, hardlink_group=hardlinks[key]), None, 0))
-                    stats.files += 1
-                    continue
-                hardlinks[key] = len(hardlinks)
-                entry.hardlink_group = hardlinks[key]
-            if st.st_size == 0:
-                submit_group()
-                window.append((entry, None, 0))
-                stats.files += 1
-                continue
-            p = parent_files.get(rel)
-            if p is not None and (p.size, p.mtime_ns, p.ctime_ns, p.inode) != (
-                st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
-            ):
-                p = None
-            if st.st_size > GROUP_BYTES:
-                submit_group()
-            group.append(_Item(entry, full, p))
-            group_bytes += 0 if p is not None else st.st_size
-            if len(group) >= GROUP_FILES or group_bytes >= GROUP_BYTES:
-                submit_group()
-            drain(block=len(outstanding) >= workers * 4)
-        submit_group()
-        while window or outstanding:
-            drain(block=True)
-    compress_pool.shutdown()
-    session.add_entries_sync(ready)
-    return session.commit_sync()
+            self.ready.append(_complete(entry, res, self.stats))
+        if len(self.ready) >= 1000:
+            self.session.add_entries_sync(self.ready)
+            self.ready.clear()
 
 
 def _complete(entry: Entry, res: _Result, stats: IngestStats) -> Entry:
@@ -345,7 +359,7 @@ async def ingest_tree(
     root: Path | str,
     *,
     workers: int = 2,
-    parent: RecoveryPoint | None | Literal["latest"] = "latest",
+    parent: RecoveryPoint | Literal["latest"] | None = "latest",
 ) -> tuple[RecoveryPoint, IngestStats]:
     """Back up the tree at `root` as a new recovery point of `data_source`."""
     if parent == "latest":
@@ -353,11 +367,12 @@ async def ingest_tree(
         parent = rps[-1] if rps else None
     started = time.perf_counter()
     stats = IngestStats()
-    root_b = os.fsencode(os.path.abspath(root))
-    if not os.path.isdir(root_b):
+    root_b = os.fsencode(os.path.abspath(root))  # noqa: ASYNC240 - no I/O, string work only
+    if not await asyncio.to_thread(os.path.isdir, root_b):
         raise NotADirectoryError(f"{os.fsdecode(root_b)} is not a directory")
     async with pool.session(data_source, parent=parent.id if parent else None) as session:
-        rp = await asyncio.to_thread(_run, session, root_b, parent, workers, stats)
+        tree = _TreeIngest(session, parent, workers, stats)
+        rp = await asyncio.to_thread(tree.run, root_b)
         stats.new_chunks = session.stats.put.new_chunks
         stats.new_stored_bytes = session.stats.put.new_stored_bytes
     stats.seconds = time.perf_counter() - started

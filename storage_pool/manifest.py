@@ -121,16 +121,7 @@ def _bytes(value: Any, what: str) -> bytes:
     return value
 
 
-def entry_from_wire(doc: Any) -> Entry:
-    if not isinstance(doc, dict):
-        raise ValueError("entry is not a map")
-    path = _bytes(doc.get("p"), "path")
-    check_path(path)
-    try:
-        etype = EntryType(doc.get("t"))
-    except ValueError as err:
-        raise ValueError(f"unknown entry type {doc.get('t')!r:.20}") from err
-    size = _int(doc, "s", 0)
+def _chunks_from_wire(doc: dict[str, Any]) -> tuple[tuple[ChunkId, ...], tuple[int, ...]]:
     raw_ids = _bytes(doc.get("c", b""), "chunk ids")
     sizes = doc.get("cs", [])
     if len(raw_ids) % CHUNK_ID_LEN or not isinstance(sizes, list):
@@ -140,10 +131,10 @@ def entry_from_wire(doc: Any) -> Entry:
     )
     if len(sizes) != len(ids) or any(type(s) is not int or s <= 0 for s in sizes):
         raise ValueError("chunk sizes do not match the chunk ids")
-    if etype is not EntryType.FILE and ids:
-        raise ValueError(f"a {etype.name.lower()} entry cannot carry chunks")
-    if etype is EntryType.FILE and ids and sum(sizes) != size:
-        raise ValueError(f"chunks add up to {sum(sizes)} bytes, the entry says {size}")
+    return ids, tuple(sizes)
+
+
+def _link_from_wire(doc: dict[str, Any], etype: EntryType) -> bytes | None:
     link = doc.get("l")
     if link is not None:
         link = _bytes(link, "link target")
@@ -151,9 +142,10 @@ def entry_from_wire(doc: Any) -> Entry:
             raise ValueError("link target is empty, too long or contains NUL")
     if (etype is EntryType.SYMLINK) != (link is not None):
         raise ValueError("only symlinks carry a link target, and every symlink does")
-    group = doc.get("h")
-    if group is not None and (type(group) is not int or group < 0):
-        raise ValueError("hardlink group must be a non-negative integer")
+    return link
+
+
+def _xattrs_from_wire(doc: dict[str, Any]) -> tuple[tuple[bytes, bytes], ...]:
     xattrs: list[tuple[bytes, bytes]] = []
     total = 0
     for kv in doc.get("x", []):
@@ -164,6 +156,10 @@ def entry_from_wire(doc: Any) -> Entry:
         if not name or b"\0" in name or total > MAX_XATTRS_BYTES:
             raise ValueError("xattr name is empty, contains NUL, or xattrs are too large")
         xattrs.append((name, value))
+    return tuple(xattrs)
+
+
+def _holes_from_wire(doc: dict[str, Any], size: int) -> tuple[tuple[int, int], ...]:
     holes: list[tuple[int, int]] = []
     end = 0
     for h in doc.get("o", []):
@@ -174,6 +170,27 @@ def entry_from_wire(doc: Any) -> Entry:
             raise ValueError("holes overlap, are unsorted or lie outside the file")
         end = off + length
         holes.append((off, length))
+    return tuple(holes)
+
+
+def entry_from_wire(doc: Any) -> Entry:
+    if not isinstance(doc, dict):
+        raise ValueError("entry is not a map")
+    path = _bytes(doc.get("p"), "path")
+    check_path(path)
+    kind = doc.get("t")
+    if not isinstance(kind, str) or kind not in EntryType._value2member_map_:
+        raise ValueError(f"unknown entry type {kind!r:.20}")
+    etype = EntryType(kind)
+    size = _int(doc, "s", 0)
+    ids, sizes = _chunks_from_wire(doc)
+    if etype is not EntryType.FILE and ids:
+        raise ValueError(f"a {etype.name.lower()} entry cannot carry chunks")
+    if etype is EntryType.FILE and ids and sum(sizes) != size:
+        raise ValueError(f"chunks add up to {sum(sizes)} bytes, the entry says {size}")
+    group = doc.get("h")
+    if group is not None and (type(group) is not int or group < 0):
+        raise ValueError("hardlink group must be a non-negative integer")
     return Entry(
         path=path,
         type=etype,
@@ -185,11 +202,11 @@ def entry_from_wire(doc: Any) -> Entry:
         atime_ns=_int(doc, "at", 0, lo=-(2**63)),
         size=size,
         chunk_ids=ids,
-        chunk_sizes=tuple(sizes),
-        link_target=link,
+        chunk_sizes=sizes,
+        link_target=_link_from_wire(doc, etype),
         hardlink_group=group,
-        xattrs=tuple(xattrs),
-        holes=tuple(holes),
+        xattrs=_xattrs_from_wire(doc),
+        holes=_holes_from_wire(doc, size),
         rdev=_int(doc, "r", 0),
         inode=_int(doc, "i", 0),
     )
@@ -201,8 +218,9 @@ class ManifestWriter:
     def __init__(self, chunker: Chunker, data_source: str) -> None:
         self._chunker = chunker
         self._packer = msgpack.Packer(use_bin_type=True)
-        self._buf = bytearray(self._packer.pack({"stockade_manifest": MANIFEST_VERSION,
-                                                  "data_source": data_source}))
+        self._buf = bytearray(
+            self._packer.pack({"stockade_manifest": MANIFEST_VERSION, "data_source": data_source})
+        )
         self._count = 0
         self._last_path: bytes | None = None
         self.size = 0
@@ -255,7 +273,10 @@ def iter_entries(pieces: Iterable[bytes], what: str) -> Iterator[Entry]:
             unpacker.feed(piece)
             for obj in unpacker:
                 if state == "header":
-                    if not isinstance(obj, dict) or obj.get("stockade_manifest") != MANIFEST_VERSION:
+                    if (
+                        not isinstance(obj, dict)
+                        or obj.get("stockade_manifest") != MANIFEST_VERSION
+                    ):
                         raise ValueError("missing or unknown manifest header")
                     state = "entries"
                 elif state == "entries":

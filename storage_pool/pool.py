@@ -8,6 +8,7 @@ so an event loop that uses the pool stays responsive. One process opens a pool a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import fcntl
 import functools
@@ -28,7 +29,6 @@ from storage_pool.atomicfile import TMP_MARK, fsync_dir, make_dir_durable, syncf
 from storage_pool.chunk_store import SHARD_DIGITS, ChunkStore
 from storage_pool.chunker import Chunker
 from storage_pool.config import CONFIG_NAME, PoolConfig, read_config, write_config
-from storage_pool.gc import SAFETY_FULL, GcReport, SafetyParameters, collect
 from storage_pool.errors import (
     ManifestError,
     PoolBusyError,
@@ -37,6 +37,7 @@ from storage_pool.errors import (
     PoolIOError,
     RecoveryPointNotFoundError,
 )
+from storage_pool.gc import SAFETY_FULL, GcReport, SafetyParameters, collect
 from storage_pool.ids import ChunkId, RecoveryPointId, parse_recovery_point_id
 from storage_pool.index import INDEX_NAME, ChunkIndex
 from storage_pool.manifest import Entry, iter_entries
@@ -48,8 +49,11 @@ P = ParamSpec("P")
 T = TypeVar("T")
 LOCK_NAME = "pool.lock"
 DIRTY_NAME = "open.dirty"
-SYNC_PENDING_BYTES = 256 * 1024 * 1024
-SYNC_PENDING_CHUNKS = 8192
+# FILESYSTEM durability: a background sync starts at the first threshold; writers wait
+# for one at the second, which bounds what a crash can leave torn.
+SYNC_START_BYTES = 64 * 1024 * 1024
+SYNC_FORCE_BYTES = 1024 * 1024 * 1024
+SYNC_FORCE_CHUNKS = 65536
 
 
 class Durability(enum.StrEnum):
@@ -96,6 +100,7 @@ class MarkState:
     watchers: list[set[Session]] = field(default_factory=list)
     # Chunks written and named but not yet synced, so not yet in the index.
     pending: dict[ChunkId, int] = field(default_factory=dict)
+    pending_bytes: int = 0
 
 
 class StoragePool:
@@ -121,6 +126,19 @@ class StoragePool:
         self.index = self._open_index()
         self._executor = ThreadPoolExecutor(io_workers, thread_name_prefix="pool-io")
         self._closed = False
+        self._sync_wanted = threading.Event()
+        self._syncer = threading.Thread(target=self._sync_loop, name="pool-sync", daemon=True)
+        self._syncer.start()
+
+    def _sync_loop(self) -> None:
+        while True:
+            self._sync_wanted.wait()
+            self._sync_wanted.clear()
+            if self._closed:
+                return
+            # A failure here resurfaces in the commit's own sync(), where a caller can act.
+            with contextlib.suppress(PoolError):
+                self.sync()
 
     # -- opening and closing --
 
@@ -267,8 +285,9 @@ class StoragePool:
                 # GC may have swept some meanwhile (it drops them from `pending`).
                 rows = [(cid, size) for cid, size in snapshot.items() if cid in self.marks.pending]
                 self.index.add(rows)
-                for cid, _ in rows:
+                for cid, size in rows:
                     del self.marks.pending[cid]
+                    self.marks.pending_bytes -= size
 
     def present(self, ids: Sequence[ChunkId]) -> set[ChunkId]:
         """Which of `ids` the pool holds (indexed, or written and awaiting sync)."""
@@ -284,7 +303,9 @@ class StoragePool:
             return
         self._closed = True
         self._executor.shutdown(wait=True)
-        self.sync()
+        self._sync_wanted.set()
+        await asyncio.to_thread(self._syncer.join)
+        await asyncio.to_thread(self.sync)
         dirty = self.root / DIRTY_NAME
         dirty.unlink(missing_ok=True)
         fsync_dir(self.root)
@@ -346,11 +367,15 @@ class StoragePool:
         elif new:
             with self.marks.lock:
                 for c in new:
-                    self.marks.pending[c.id] = len(c.frame)
+                    if c.id not in self.marks.pending:
+                        self.marks.pending[c.id] = len(c.frame)
+                        self.marks.pending_bytes += len(c.frame)
                 backlog = len(self.marks.pending)
-                backlog_bytes = sum(self.marks.pending.values()) if backlog > 64 else 0
-            if backlog >= SYNC_PENDING_CHUNKS or backlog_bytes >= SYNC_PENDING_BYTES:
+                backlog_bytes = self.marks.pending_bytes
+            if backlog >= SYNC_FORCE_CHUNKS or backlog_bytes >= SYNC_FORCE_BYTES:
                 self.sync()
+            elif backlog_bytes >= SYNC_START_BYTES:
+                self._sync_wanted.set()
         return PutResult(
             chunks=len(chunks),
             new_chunks=len(new),
@@ -365,7 +390,9 @@ class StoragePool:
             make_dir_durable(path.parent)
             write_atomic(path, rp.to_json())
         except OSError as err:
-            raise PoolIOError(f"committing recovery point {rp.id} in pool {self.root}", err) from err
+            raise PoolIOError(
+                f"committing recovery point {rp.id} in pool {self.root}", err
+            ) from err
 
     # -- sessions --
 

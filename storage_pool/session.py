@@ -51,9 +51,7 @@ class Session:
     """One backup of one data source. Use `async with pool.session(...)`: leaving the block
     without commit() aborts."""
 
-    def __init__(
-        self, pool: StoragePool, data_source: str, parent: RecoveryPointId | None
-    ) -> None:
+    def __init__(self, pool: StoragePool, data_source: str, parent: RecoveryPointId | None) -> None:
         self.pool = pool
         self.data_source = check_data_source(data_source)
         self.parent = parent

@@ -142,7 +142,9 @@ def _match_recovery_points(pool: StoragePool, report: VerifyReport, on_disk: set
     for rp in rps:
         seen_here: set[ChunkId] = set()
 
-        def note(cid: ChunkId, rp_id: RecoveryPointId = rp.id, seen: set[ChunkId] = seen_here) -> None:
+        def note(
+            cid: ChunkId, rp_id: RecoveryPointId = rp.id, seen: set[ChunkId] = seen_here
+        ) -> None:
             if cid in seen:
                 return
             seen.add(cid)
