@@ -551,7 +551,11 @@ class StoragePool:
         return await self.run(work)
 
     async def rebuild_index(self) -> int:
-        return await self.run(self._rebuild_index, self.index)
+        def work() -> int:
+            self.sync()
+            return self._rebuild_index(self.index)
+
+        return await self.run(work)
 
     async def gc(self, safety: SafetyParameters = SAFETY_FULL) -> GcReport:
         return await self.run(collect, self, safety)

@@ -97,6 +97,7 @@ async def verify(
     quarantine: bool = True,
 ) -> VerifyReport:
     report = VerifyReport()
+    await pool.run(pool.sync)  # pending chunks enter the index first: one state to check
     files = await pool.run(lambda: list(pool.store.iter_files()))
     report.chunk_files = len(files)
     report.foreign_entries = await pool.run(pool.store.foreign_entries)
@@ -179,7 +180,13 @@ def _reconcile_index(
     gone = [cid for cid in indexed if cid not in on_disk and not pool.store.path_of(cid).exists()]
     pool.index.remove(gone)
     report.index_rows_dropped = len(gone) + (len(bad) if quarantine else 0)
-    unindexed = [cid for cid in on_disk if cid not in indexed_set and cid not in report.problems]
+    with pool.marks.lock:  # written since the sync above: not durable yet, not ours to index
+        pending = set(pool.marks.pending)
+    unindexed = [
+        cid
+        for cid in on_disk
+        if cid not in indexed_set and cid not in report.problems and cid not in pending
+    ]
     rows = []
     for cid in unindexed:
         try:
