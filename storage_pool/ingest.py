@@ -214,7 +214,8 @@ class _TreeIngest:
         self.parent_files: dict[bytes, Entry] = {}
         if parent is not None:
             for e in session.pool.iter_entries_sync(parent):
-                if e.type is EntryType.FILE and e.hardlink_group is None:
+                # A hardlink group's first entry carries the chunks; the others link to it.
+                if e.type is EntryType.FILE and (e.hardlink_group is None or e.chunk_ids):
                     self.parent_files[e.path] = e
         self.window: collections.deque[_Slot] = collections.deque()
         self.outstanding: collections.deque[Future[list[_Result | str]]] = collections.deque()

@@ -186,9 +186,10 @@ def entry_from_wire(doc: Any) -> Entry:
     ids, sizes = _chunks_from_wire(doc)
     if etype is not EntryType.FILE and ids:
         raise ValueError(f"a {etype.name.lower()} entry cannot carry chunks")
-    if etype is EntryType.FILE and ids and sum(sizes) != size:
-        raise ValueError(f"chunks add up to {sum(sizes)} bytes, the entry says {size}")
     group = doc.get("h")
+    # Only a hardlink that is not its group's first entry carries a size without chunks.
+    if etype is EntryType.FILE and (ids or group is None) and sum(sizes) != size:
+        raise ValueError(f"chunks add up to {sum(sizes)} bytes, the entry says {size}")
     if group is not None and (type(group) is not int or group < 0):
         raise ValueError("hardlink group must be a non-negative integer")
     return Entry(
@@ -222,7 +223,7 @@ class ManifestWriter:
             self._packer.pack({"stockade_manifest": MANIFEST_VERSION, "data_source": data_source})
         )
         self._count = 0
-        self._last_path: bytes | None = None
+        self._last_key: list[bytes] | None = None
         self.size = 0
 
     @property
@@ -230,13 +231,16 @@ class ManifestWriter:
         return self._count
 
     def add(self, entry: Entry) -> list[bytes]:
-        if self._last_path is not None and entry.path <= self._last_path:
+        # Depth-first order with names sorted bytewise, i.e. by path components: b"a/x"
+        # comes before b"a-b" although the raw bytes sort the other way.
+        key = entry.path.split(b"/")
+        if self._last_key is not None and key <= self._last_key:
             raise ValueError(
-                f"entries must come in strictly increasing path order: {entry.path!r}"
-                f" after {self._last_path!r}"
+                f"entries must come depth-first with names sorted bytewise: {entry.path!r}"
+                f" after {b'/'.join(self._last_key)!r}"
             )
         check_path(entry.path)
-        self._last_path = entry.path
+        self._last_key = key
         self._buf += self._packer.pack(entry.to_wire())
         self._count += 1
         if len(self._buf) >= 4 * self._chunker.params.max_size:
