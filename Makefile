@@ -92,7 +92,7 @@ $(STAMP): pyproject.toml constraints.txt
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy server agent storage_pool
+	$(BIN)/mypy server agent storage_pool bench tests
 	$(BIN)/lint-imports
 
 test: lint

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -128,6 +129,9 @@ class ChunkStore:
             try:
                 st = entry.stat(follow_symlinks=False)
             except FileNotFoundError:
+                continue
+            if not stat.S_ISREG(st.st_mode):  # a directory or link posing as a chunk
+                foreign.append(Path(entry.path))
                 continue
             chunks.append(
                 ChunkFile(

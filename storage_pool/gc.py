@@ -133,7 +133,7 @@ def _sweep(
             if doomed:
                 pool.index.remove(f.id for f in doomed)
                 for f in doomed:
-                    pool.marks.pending_bytes -= pool.marks.pending.pop(f.id, 0)
+                    pool.marks.pending_bytes -= pool.marks.pending.pop(f.id, (0, 0))[0]
                     store.unlink(f.id)
         report.swept_chunks += len(doomed)
         report.swept_bytes += sum(f.size for f in doomed)

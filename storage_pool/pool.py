@@ -99,8 +99,11 @@ class MarkState:
     open_sessions: set[Session] = field(default_factory=set)
     watchers: list[set[Session]] = field(default_factory=list)
     # Chunks written and named but not yet synced, so not yet in the index.
-    pending: dict[ChunkId, int] = field(default_factory=dict)
+    # Value: (stored size, write generation); the generation tells a sync that finished
+    # after GC swept a chunk and a session wrote it again that this copy is not synced.
+    pending: dict[ChunkId, tuple[int, int]] = field(default_factory=dict)
     pending_bytes: int = 0
+    generation: int = 0
 
 
 class StoragePool:
@@ -128,7 +131,6 @@ class StoragePool:
         self._closed = False
         self._sync_wanted = threading.Event()
         self._syncer = threading.Thread(target=self._sync_loop, name="pool-sync", daemon=True)
-        self._syncer.start()
 
     def _sync_loop(self) -> None:
         while True:
@@ -157,18 +159,31 @@ class StoragePool:
 
         def work() -> None:
             make_dir_durable(root)
-            if (root / CONFIG_NAME).exists():
-                raise PoolConfigError(root / CONFIG_NAME, "a pool already exists here")
-            if any(p.name != LOCK_NAME for p in root.iterdir()):
-                raise PoolConfigError(root / CONFIG_NAME, f"{root} is not empty")
-            for sub in ("chunks", RP_DIR):
-                make_dir_durable(root / sub)
-            # All shard directories up front: creating one lazily costs a directory fsync
-            # in the middle of a backup.
-            for i in range(16**SHARD_DIGITS):
-                (root / "chunks" / f"{i:0{SHARD_DIGITS}x}").mkdir(exist_ok=True)
-            fsync_dir(root / "chunks")
-            write_config(root, cfg)
+
+            def check() -> None:
+                if (root / CONFIG_NAME).exists():
+                    raise PoolConfigError(root / CONFIG_NAME, "a pool already exists here")
+                # A create that was killed leaves only its own empty skeleton: finish it.
+                if not _is_unfinished_skeleton(root):
+                    raise PoolConfigError(root / CONFIG_NAME, f"{root} is not empty")
+
+            check()  # before the lock file: refusing must leave the directory as it was
+            lock_fd = _lock(root)
+            try:
+                check()  # again, now that no other create can be running
+                for p in root.iterdir():
+                    if p.name.startswith(CONFIG_NAME + TMP_MARK):
+                        p.unlink()
+                for sub in ("chunks", RP_DIR):
+                    make_dir_durable(root / sub)
+                # All shard directories up front: creating one lazily costs a directory
+                # fsync in the middle of a backup.
+                for i in range(16**SHARD_DIGITS):
+                    (root / "chunks" / f"{i:0{SHARD_DIGITS}x}").mkdir(exist_ok=True)
+                fsync_dir(root / "chunks")
+                write_config(root, cfg)  # last: its presence says the pool is complete
+            finally:
+                os.close(lock_fd)
 
         await asyncio.to_thread(work)
         return await cls.open(root, io_workers=io_workers, clock=clock, durability=durability)
@@ -191,10 +206,17 @@ class StoragePool:
                 pool = cls(
                     root, cfg, lock_fd, io_workers=io_workers, clock=clock, durability=durability
                 )
-                pool._recover_after_crash()
             except BaseException:
                 os.close(lock_fd)
                 raise
+            try:
+                pool._recover_after_crash()
+            except BaseException:
+                pool._executor.shutdown()
+                pool.index.close()
+                os.close(lock_fd)
+                raise
+            pool._syncer.start()
             return pool
 
         return await asyncio.to_thread(work)
@@ -213,14 +235,24 @@ class StoragePool:
             index = ChunkIndex(path)
             complete = False
         if not complete:
-            self._rebuild_index(index)
+            # After an unclean stop, files written since the last sync may be torn: check
+            # each one before trusting it.
+            self._rebuild_index(index, check=(self.root / DIRTY_NAME).exists())
         return index
 
-    def _rebuild_index(self, index: ChunkIndex) -> int:
+    def _rebuild_index(self, index: ChunkIndex, *, check: bool = False) -> int:
+        if check:  # what is checked below is then what is on the disk
+            syncfs(self.root)
         index.clear()
         count = 0
         batch: list[tuple[ChunkId, int]] = []
         for cf in self.store.iter_files():
+            if check:
+                try:
+                    framing.decode_verified(cf.path.read_bytes(), cf.id)
+                except framing.FrameError:
+                    cf.path.unlink(missing_ok=True)
+                    continue
             batch.append((cf.id, cf.size))
             if len(batch) >= 10_000:
                 index.add(batch)
@@ -234,6 +266,9 @@ class StoragePool:
     def _recover_after_crash(self) -> None:
         # No other process can be writing (we hold the lock): temp files are leftovers.
         self.store.remove_stale_tmp()
+        for p in self.root.iterdir():
+            if TMP_MARK in p.name:
+                p.unlink()
         dirty = self.root / DIRTY_NAME
         if dirty.exists():
             self.recovered_chunks = self._check_unindexed()
@@ -282,11 +317,13 @@ class StoragePool:
             except OSError as err:
                 raise PoolIOError(f"syncing pool {self.root}", err) from err
             with self.marks.lock:
-                # GC may have swept some meanwhile (it drops them from `pending`).
-                rows = [(cid, size) for cid, size in snapshot.items() if cid in self.marks.pending]
+                # GC may have swept some meanwhile (it drops them from `pending`), and a
+                # session may have written one of those again after our syncfs began.
+                pending = self.marks.pending
+                rows = [(cid, v[0]) for cid, v in snapshot.items() if pending.get(cid) == v]
                 self.index.add(rows)
                 for cid, size in rows:
-                    del self.marks.pending[cid]
+                    del pending[cid]
                     self.marks.pending_bytes -= size
 
     def present(self, ids: Sequence[ChunkId]) -> set[ChunkId]:
@@ -367,9 +404,10 @@ class StoragePool:
         elif new:
             with self.marks.lock:
                 for c in new:
-                    if c.id not in self.marks.pending:
-                        self.marks.pending[c.id] = len(c.frame)
-                        self.marks.pending_bytes += len(c.frame)
+                    self.marks.generation += 1
+                    old = self.marks.pending.get(c.id)
+                    self.marks.pending[c.id] = (len(c.frame), self.marks.generation)
+                    self.marks.pending_bytes += len(c.frame) - (old[0] if old else 0)
                 backlog = len(self.marks.pending)
                 backlog_bytes = self.marks.pending_bytes
             if backlog >= SYNC_FORCE_CHUNKS or backlog_bytes >= SYNC_FORCE_BYTES:
@@ -422,7 +460,11 @@ class StoragePool:
                 continue
             for name in names:
                 if name.endswith(".json") and TMP_MARK not in name:
-                    rp = RecoveryPoint.from_json((d / name).read_bytes(), d / name)
+                    try:
+                        raw = (d / name).read_bytes()
+                    except FileNotFoundError:  # deleted since listed: no longer an RP
+                        continue
+                    rp = RecoveryPoint.from_json(raw, d / name)
                     if data_source is None or rp.data_source == data_source:
                         out.append(rp)
         out.sort(key=lambda r: (r.created_ns, r.id))
@@ -509,6 +551,12 @@ class StoragePool:
         try:
             for i in range(len(ids)):
                 data = await nxt
+                if len(data) != entry.chunk_sizes[i]:
+                    raise ManifestError(
+                        f"entry {entry.path!r}",
+                        f"chunk {ids[i].hex()} holds {len(data)} bytes, the manifest says"
+                        f" {entry.chunk_sizes[i]}",
+                    )
                 if i + 1 < len(ids):
                     nxt = asyncio.ensure_future(self.run(self.store.get, ids[i + 1]))
                 yield data
@@ -571,6 +619,21 @@ class StoragePool:
         return await verify(
             self, sample=sample, seed=seed, repair_from=repair_from, quarantine=quarantine
         )
+
+
+def _is_unfinished_skeleton(root: Path) -> bool:
+    """True if `root` holds nothing but what an interrupted create() writes."""
+    for p in root.iterdir():
+        if p.name in (LOCK_NAME, RP_DIR) or p.name.startswith(CONFIG_NAME + TMP_MARK):
+            if p.name == RP_DIR and any(p.iterdir()):
+                return False
+            continue
+        if p.name != "chunks" or p.is_symlink() or not p.is_dir():
+            return False
+        for shard in p.iterdir():
+            if len(shard.name) != SHARD_DIGITS or not shard.is_dir() or any(shard.iterdir()):
+                return False
+    return True
 
 
 def _lock(root: Path) -> int:

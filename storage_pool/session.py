@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from storage_pool import framing
 from storage_pool.errors import IntegrityError, SessionError
 from storage_pool.ids import ChunkId, RecoveryPointId, new_recovery_point_id
-from storage_pool.manifest import Entry, EntryType, ManifestWriter
+from storage_pool.manifest import Entry, EntryType, ManifestWriter, entry_from_wire
 from storage_pool.recovery_point import RecoveryPoint, check_data_source
 
 if TYPE_CHECKING:
@@ -59,6 +59,7 @@ class Session:
         self.stats = SessionStats()
         self.protected: set[ChunkId] = set()  # guarded by pool.marks.lock
         self._confirmed: set[ChunkId] = set()
+        self._sizes: dict[ChunkId, int] = {}  # plaintext sizes of the chunks put here
         self._lock = threading.Lock()
         self._writer = ManifestWriter(pool.new_chunker(), data_source)
         self._last_key: list[bytes] | None = None
@@ -101,12 +102,19 @@ class Session:
         result = self.pool.put_chunks(self, chunks)
         with self._lock:
             self._confirmed.update(c.id for c in chunks)
+            self._sizes.update((c.id, c.size) for c in chunks)
             self.stats.put.add(result)
         return result
 
     def add_entries_sync(self, entries: Iterable[Entry]) -> None:
         self._check_open()
         for entry in entries:
+            # What a reader will accept is what a writer may commit: an entry that
+            # entry_from_wire would refuse would make the RP unreadable and stop GC.
+            try:
+                entry_from_wire(entry.to_wire())
+            except ValueError as err:
+                raise SessionError(f"entry {entry.path!r} is invalid: {err}") from err
             key = entry.path.split(b"/")
             if self._last_key is not None and key <= self._last_key:
                 raise SessionError(
@@ -115,6 +123,17 @@ class Session:
                 )
             with self._lock:
                 unknown = [c for c in entry.chunk_ids if c not in self._confirmed]
+                wrong = [
+                    (c, n)
+                    for c, n in zip(entry.chunk_ids, entry.chunk_sizes, strict=True)
+                    if self._sizes.get(c, n) != n
+                ]
+            if wrong:
+                c, n = wrong[0]
+                raise SessionError(
+                    f"entry {entry.path!r} says chunk {c.hex()} holds {n} bytes; it holds"
+                    f" {self._sizes[c]}"
+                )
             if unknown:
                 raise SessionError(
                     f"entry {entry.path!r} references chunk {unknown[0].hex()} that this"
