@@ -10,8 +10,9 @@ a table, then one JSON line with the same figures:
 - peak RSS of this process.
 
 `--quick` shrinks everything (256 MiB mixed, 2,000 small files, 100,000-chunk index)
-for a smoke run. Pools are never deleted between runs: ext4 avoids reusing freshly freed
-inodes, so deleting thousands of chunk files just before a run slows the next one.
+for a smoke run. Each run deletes its datasets and pools when it ends (`--keep` keeps
+them), never right before timing anything: ext4 avoids reusing freshly freed inodes, and
+deleting tens of thousands of files just before a timed ingest slows it down measurably.
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from storage_pool import PoolConfig, StoragePool
-from storage_pool.ids import ChunkId
+from storage_pool import PoolConfig, StoragePool, framing
+from storage_pool.chunker import Chunker, ChunkerParams
+from storage_pool.ids import ChunkId, chunk_id_of
 from storage_pool.index import ChunkIndex
 from storage_pool.ingest import ingest_tree
 
@@ -79,6 +82,37 @@ async def ingest(
     }
 
 
+def ceiling(src: Path, threads: int, level: int) -> float:
+    """MiB/s of read + chunk + hash + zstd alone (no store) over `src` with `threads`
+    threads, files split by size: the in-process ceiling the ingest is compared with."""
+    files = sorted(
+        (p for p in src.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size, reverse=True
+    )
+    shares: list[list[Path]] = [[] for _ in range(threads)]
+    loads = [0] * threads
+    for p in files:
+        i = loads.index(min(loads))
+        shares[i].append(p)
+        loads[i] += p.stat().st_size
+
+    def work(paths: list[Path]) -> None:
+        chunker = Chunker(ChunkerParams())
+        for p in paths:
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                for block in chunker.cut_fd(fd, os.fstat(fd).st_size):
+                    for piece in block:
+                        chunk_id_of(piece)
+                        framing.encode(piece, level)
+            finally:
+                os.close(fd)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(threads) as ex:
+        list(ex.map(work, shares))
+    return sum(loads) / MiB / (time.perf_counter() - started)
+
+
 def missing_query(work: Path, chunks: int, queries: int = 10_000) -> dict[str, float]:
     """Time present() for `queries` ids (half present) against an index of `chunks` ids."""
     path = work / "index-bench.sqlite"
@@ -118,13 +152,14 @@ async def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small smoke run")
     ap.add_argument("--work", type=Path, default=HERE / "out", help="scratch directory")
     ap.add_argument("--level", type=int, default=3, help="zstd level of the pools")
+    ap.add_argument("--keep", action="store_true", help="keep datasets and pools")
     args = ap.parse_args()
     mixed_mb, small_files, index_chunks = (
         (256, 2000, 100_000) if args.quick else (2048, 20_000, 1_000_000)
     )
     run = args.work / f"run-{time.strftime('%Y%m%dT%H%M%S')}"
     run.mkdir(parents=True)
-    # Old runs go now, long before any timed step (see the module docstring).
+    # Leftovers of a --keep or interrupted run go now, well before the first timed step.
     for old in args.work.glob("run-*"):
         if old != run:
             shutil.rmtree(old, ignore_errors=True)
@@ -135,9 +170,12 @@ async def main() -> None:
     await asyncio.to_thread(
         make_dataset, small, "--profile", "small", "--files", str(small_files), "--seed", "2"
     )
-    await asyncio.sleep(5)
+    await asyncio.to_thread(os.sync)
+    await asyncio.sleep(40)  # past ext4's window for recently freed inodes (see above)
 
     results: dict[str, dict[str, float]] = {}
+    ceil1 = await asyncio.to_thread(ceiling, mixed, 1, args.level)
+    ceil2 = await asyncio.to_thread(ceiling, mixed, 2, args.level)
     pool1, results["mixed_w1"] = await ingest(run / "pool-w1", mixed, 1, level=args.level)
     await pool1.close()
     pool2, results["mixed_w2"] = await ingest(run / "pool-w2", mixed, 2, level=args.level)
@@ -165,7 +203,12 @@ async def main() -> None:
             f"{name:36} {r['logical_mib_s']:8.1f} {r['files_s']:9.0f} {r['seconds']:8.2f}"
             f" {r['cpu_per_wall']:8.2f} {r['new_stored_bytes'] / MiB:8.1f}"
         )
-    print(f"\nstored/logical (mixed, zstd level {args.level}): {ratio:.3f}")
+    w1, w2 = results["mixed_w1"]["logical_mib_s"], results["mixed_w2"]["logical_mib_s"]
+    print(
+        f"\nceiling (read + chunk + hash + zstd, no store), same run: {ceil1:.1f} MiB/s on 1"
+        f" thread, {ceil2:.1f} on 2; ingest reaches {w1 / ceil1:.2f} and {w2 / ceil2:.2f} of it"
+    )
+    print(f"stored/logical (mixed, zstd level {args.level}): {ratio:.3f}")
     print(
         f"missing-ids query, 10,000 ids vs {query['chunks']:,} chunks:"
         f" median {query['median_ms']:.1f} ms, max {query['max_ms']:.1f} ms"
@@ -177,6 +220,10 @@ async def main() -> None:
         "zstd_level": args.level,
         "ingest_mixed_w1_mib_s": round(results["mixed_w1"]["logical_mib_s"], 1),
         "ingest_mixed_w2_mib_s": round(results["mixed_w2"]["logical_mib_s"], 1),
+        "ceiling_1_thread_mib_s": round(ceil1, 1),
+        "ceiling_2_threads_mib_s": round(ceil2, 1),
+        "ingest_w1_over_ceiling": round(w1 / ceil1, 3),
+        "ingest_w2_over_ceiling": round(w2 / ceil2, 3),
         "reingest_unchanged_mib_s": round(results["unchanged"]["logical_mib_s"], 1),
         "ingest_after_mutate_mib_s": round(results["mutated"]["logical_mib_s"], 1),
         "ingest_after_mutate_new_mib": round(results["mutated"]["new_stored_bytes"] / MiB, 1),
@@ -188,6 +235,8 @@ async def main() -> None:
         "missing_query_10k_max_ms": round(query["max_ms"], 1),
         "peak_rss_mib": round(peak_rss_mib),
     }
+    if not args.keep:
+        await asyncio.to_thread(shutil.rmtree, run, True)
     print(json.dumps(figures, sort_keys=True))
 
 
