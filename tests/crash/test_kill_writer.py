@@ -289,16 +289,22 @@ async def test_kill_during_pool_creation_leaves_a_pool_that_can_be_created(
     (no config.json) nor `create` ("not empty") accepts, so the server cannot start
     until an operator deletes it by hand. The writer creates the pool when config.json
     is missing, as a server's first start would; relaunched, it must get the pool open."""
-    pool_dir = tmp_path / "pool"
-    config = pool_dir / CONFIG_NAME
-    first = await Writer.start(pool_dir, 1, Durability.FILESYSTEM, tmp_path / "create")
     # create() makes 4096 shard directories before it writes config.json: kill in between.
-    await first.wait_until(
-        functools.partial(has_shards_but_no_config, pool_dir), "creating shard directories"
-    )
-    await first.kill()
-    if config.exists():
-        pytest.skip("create() finished before the kill could land")
+    # The kill can land too late; a fresh directory is tried then, a few times at most.
+    for attempt in range(5):
+        pool_dir = tmp_path / f"pool{attempt}"
+        config = pool_dir / CONFIG_NAME
+        first = await Writer.start(
+            pool_dir, 1, Durability.FILESYSTEM, tmp_path / f"create{attempt}"
+        )
+        await first.wait_until(
+            functools.partial(has_shards_but_no_config, pool_dir), "creating shard directories"
+        )
+        await first.kill()
+        if not config.exists():
+            break
+    else:
+        raise AssertionError("in 5 attempts no kill landed before create() wrote config.json")
     again = await Writer.start(pool_dir, 1, Durability.FILESYSTEM, tmp_path / "again")
     await again.wait_open()
     await asyncio.sleep(0.3)
