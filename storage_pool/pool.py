@@ -339,12 +339,15 @@ class StoragePool:
         if self._closed:
             return
         self._closed = True
+        await asyncio.to_thread(self._close_blocking)
+
+    def _close_blocking(self) -> None:
+        # Waiting for running work, the last sync and the fsyncs all block: off the loop.
         self._executor.shutdown(wait=True)
         self._sync_wanted.set()
-        await asyncio.to_thread(self._syncer.join)
-        await asyncio.to_thread(self.sync)
-        dirty = self.root / DIRTY_NAME
-        dirty.unlink(missing_ok=True)
+        self._syncer.join()
+        self.sync()
+        (self.root / DIRTY_NAME).unlink(missing_ok=True)
         fsync_dir(self.root)
         self.index.close()
         os.close(self._lock_fd)
