@@ -14,8 +14,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.stamp
 PIP := $(BIN)/python -m pip --disable-pip-version-check --no-input
 
-# System packages the project needs (later issues add mosquitto, ...).
-APT_PACKAGES :=
+# System packages the project needs: Mosquitto is the control-plane broker the server starts
+# and supervises itself (and the tests start their own); systemd-analyze lints the units.
+APT_PACKAGES := mosquitto mosquitto-clients systemd
 
 # Prints the name of the first 3.11+ interpreter, or fails with a clear message.
 define find_python
@@ -38,7 +39,7 @@ endef
 
 help:
 	@echo "make setup        create .venv and install stockade[dev] with constraints.txt"
-	@echo "make run          setup, then run the storage pool benchmark on a small dataset"
+	@echo "make run          setup, then start stockade-server with embedded defaults"
 	@echo "make test         setup, lint, then the default test suite (not slow)"
 	@echo "make lint         ruff check, ruff format --check, mypy, lint-imports"
 	@echo "make bench        setup, then the full storage pool benchmark"
@@ -98,11 +99,10 @@ lint: setup
 test: lint
 	$(BIN)/pytest -m "not slow"
 
-# Until the server daemon exists, `make run` exercises the storage pool on a small dataset.
-# Next issue: this becomes `$(BIN)/stockade-server` with embedded defaults (data dir,
-# folder vault, own broker).
+# The server with embedded defaults: data dir /var/lib/stockade (root) or
+# ~/.local/share/stockade, its own Mosquitto on 8883, HTTPS on 8443. Extra flags: ARGS=...
 run: setup
-	$(BIN)/python -m bench.pool_ingest --quick
+	$(BIN)/stockade-server $(ARGS)
 
 bench: setup
 	$(BIN)/python -m bench.pool_ingest

@@ -1,0 +1,76 @@
+"""The aiohttp application: middlewares, the data plane and the operator API."""
+
+from __future__ import annotations
+
+import json
+
+import structlog
+from aiohttp import web
+
+from server.auth import Handler, auth_middleware
+from server.catalog_errors import (
+    CatalogError,
+    CatalogValidationError,
+    ConflictError,
+    InvalidStateError,
+    NotFoundError,
+    TokenError,
+)
+from server.context import CTX_KEY, ServerContext
+from server.data_plane import MAX_BODY, DataPlane
+from server.operator_api import routes as operator_routes
+from storage_pool.errors import RecoveryPointNotFoundError
+
+log = structlog.get_logger()
+
+DATA_PLANE_KEY = web.AppKey("stockade_data_plane", DataPlane)
+
+
+def _json_error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error leaves as {"error": ...}; an unexpected one is logged, never crashes."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.content_type == "application/json" or exc.status < 400:
+            raise
+        text = exc.text or exc.reason
+        try:
+            json.loads(text)
+        except ValueError:
+            return _json_error(exc.status, text)
+        return web.Response(status=exc.status, text=text, content_type="application/json")
+    except NotFoundError as err:
+        return _json_error(404, str(err))
+    except RecoveryPointNotFoundError as err:
+        return _json_error(404, str(err))
+    except (ConflictError, InvalidStateError) as err:
+        return _json_error(409, str(err))
+    except TokenError as err:
+        return _json_error(403, str(err))
+    except (CatalogValidationError, ValueError) as err:
+        return _json_error(400, str(err))
+    except CatalogError as err:
+        log.error("catalog_error", path=request.path, error=str(err))
+        return _json_error(500, str(err))
+    except (ConnectionResetError, TimeoutError):
+        raise
+    except Exception as err:
+        log.exception("request_failed", path=request.path, method=request.method)
+        return _json_error(500, f"internal error: {type(err).__name__}: {err}")
+
+
+def make_app(ctx: ServerContext) -> web.Application:
+    app = web.Application(
+        middlewares=[error_middleware, auth_middleware], client_max_size=MAX_BODY
+    )
+    app[CTX_KEY] = ctx
+    plane = DataPlane(ctx)
+    app[DATA_PLANE_KEY] = plane
+    app.add_routes(plane.routes())
+    app.add_routes(operator_routes())
+    return app

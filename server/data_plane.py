@@ -1,0 +1,387 @@
+"""The agents' HTTP data plane: backup sessions into the pool, and restore reads.
+
+Wire formats are in agent/protocol.py. What is checked here, for every request:
+- the agent is authenticated (server/auth.py) and the job belongs to it and is running;
+- a backup may reference only chunks it uploaded in this session or that its data
+  source's latest recovery point references (restic/PBS rule), so dedup never answers
+  "present" for another agent's data; other ids are reported missing and must be sent;
+- every uploaded chunk is decoded and re-hashed before it is stored (Session.put verify);
+- a restore reads only the entries and chunks of its job's recovery point and selection.
+
+Commit order: pool commit (the recovery-point record, after every chunk is durable), then
+the catalog row. A crash between the two leaves a pool RP without a catalog row, which
+the next start re-adds (catalog.rebuild_from_pool runs at every start).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import msgpack
+import structlog
+from aiohttp import web
+
+from agent import protocol as p
+from server.auth import AGENT_KEY
+from server.catalog_errors import CatalogError
+from server.context import CTX_KEY, ServerContext
+from storage_pool import Entry, EntryType, RecoveryPoint, Session, framing
+from storage_pool.errors import IntegrityError, PoolError, SessionError
+from storage_pool.ids import ChunkId
+from storage_pool.manifest import MANIFEST_VERSION, entry_from_wire
+
+log = structlog.get_logger()
+
+MAX_BODY = 80 * 1024 * 1024
+MAX_ENTRIES_BODY = 64 * 1024 * 1024
+
+
+def json_error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+@dataclass(slots=True)
+class BackupSession:
+    id: str
+    agent_id: str
+    job_id: str
+    data_source_id: str
+    session: Session
+    parent: RecoveryPoint | None
+    allowed: set[ChunkId] = field(default_factory=set)
+    uploaded: set[ChunkId] = field(default_factory=set)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    last_used: float = field(default_factory=time.monotonic)
+
+
+@dataclass(slots=True)
+class RestoreView:
+    entries: list[Entry]
+    chunks: set[ChunkId]
+
+
+@dataclass(slots=True)
+class DataPlane:
+    ctx: ServerContext
+    sessions: dict[str, BackupSession] = field(default_factory=dict)
+    restores: dict[str, RestoreView] = field(default_factory=dict)
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def abort_for_job(self, job_id: str) -> None:
+        for sid, s in list(self.sessions.items()):
+            if s.job_id == job_id:
+                s.session.abort()
+                del self.sessions[sid]
+                log.info("session_aborted", job_id=job_id, session_id=sid)
+        self.restores.pop(job_id, None)
+
+    def abort_all(self) -> None:
+        for s in self.sessions.values():
+            s.session.abort()
+        self.sessions.clear()
+        self.restores.clear()
+
+    async def job_ended(self, job: Any) -> None:
+        self.abort_for_job(job.id)
+
+    # -- helpers ---------------------------------------------------------------
+
+    async def _running_job(self, request: web.Request, job_id: str, kind: str) -> Any:
+        agent = request[AGENT_KEY]
+        try:
+            job = await self.ctx.catalog.get_job(job_id)
+        except CatalogError as err:
+            raise web.HTTPNotFound(text=_err(f"job {job_id} not found")) from err
+        if job.agent_id != agent.id or job.kind != kind:
+            raise web.HTTPForbidden(text=_err(f"job {job_id} is not a {kind} job of this agent"))
+        if job.state != "running":
+            raise web.HTTPConflict(text=_err(f"job {job_id} is {job.state}, not running"))
+        return job
+
+    def _session(self, request: web.Request) -> BackupSession:
+        sid = request.match_info["sid"]
+        s = self.sessions.get(sid)
+        if s is None or s.agent_id != request[AGENT_KEY].id:
+            raise web.HTTPNotFound(text=_err(f"backup session {sid} not found (ended or aborted)"))
+        s.last_used = time.monotonic()
+        return s
+
+    # -- backup ----------------------------------------------------------------
+
+    async def open_session(self, request: web.Request) -> web.Response:
+        body = await _json(request)
+        job_id = body.get("job_id")
+        if not isinstance(job_id, str):
+            return json_error(400, "field 'job_id' must be a string")
+        job = await self._running_job(request, job_id, "backup")
+        self.abort_for_job(job.id)  # a retried open replaces the old session
+        pool = self.ctx.pool
+        ds_id = job.data_source_id
+        rps = await pool.list_recovery_points(ds_id)
+        parent = rps[-1] if rps else None
+        allowed: set[ChunkId] = set()
+        if parent is not None:
+            allowed = await pool.run(_chunks_of, pool.iter_entries_sync(parent))
+        session = pool.session(ds_id, parent=parent.id if parent else None)
+        sid = secrets.token_hex(12)
+        self.sessions[sid] = BackupSession(
+            sid, job.agent_id, job.id, ds_id, session, parent, allowed
+        )
+        params = pool.config.chunker
+        log.info("session_opened", job_id=job.id, session_id=sid, parent=parent and parent.id)
+        return web.json_response(
+            {
+                "session_id": sid,
+                "data_source_id": ds_id,
+                "parent_rp_id": parent.id if parent else None,
+                "chunker": {
+                    "min_size": params.min_size,
+                    "avg_size": params.avg_size,
+                    "max_size": params.max_size,
+                },
+                "compression_level": pool.config.compression_level,
+                "manifest_version": MANIFEST_VERSION,
+            }
+        )
+
+    async def missing(self, request: web.Request) -> web.Response:
+        s = self._session(request)
+        try:
+            ids = [ChunkId(c) for c in p.iter_id_list(await request.read())]
+        except p.ProtocolError as err:
+            return json_error(400, f"missing-chunk query: {err}")
+        known = [c for c in ids if c in s.allowed or c in s.uploaded]
+        absent = set(await s.session.missing(known)) if known else set()
+        out = [c for c in dict.fromkeys(ids) if c in absent or c not in s.allowed | s.uploaded]
+        return web.Response(body=b"".join(out), content_type="application/octet-stream")
+
+    async def put_chunks(self, request: web.Request) -> web.Response:
+        s = self._session(request)
+        raw = await request.read()
+        try:
+            chunks = []
+            for cid, frame in p.iter_records(raw):
+                _, size, _ = framing.read_header(frame)
+                chunks.append(framing.EncodedChunk(ChunkId(cid), bytes(frame), size))
+        except (p.ProtocolError, framing.FrameError) as err:
+            return json_error(400, f"chunk upload: {err}")
+        try:
+            result = await s.session.put(chunks, verify=True)
+        except IntegrityError as err:
+            log.warning("chunk_rejected", job_id=s.job_id, agent_id=s.agent_id, error=str(err))
+            return json_error(422, f"chunk rejected: {err}")
+        except PoolError as err:
+            log.error("chunk_store_failed", job_id=s.job_id, error=str(err))
+            return json_error(507, f"storing chunks failed: {err}")
+        s.uploaded.update(c.id for c in chunks)
+        return web.json_response(
+            {
+                "chunks": result.chunks,
+                "new_chunks": result.new_chunks,
+                "new_stored_bytes": result.new_stored_bytes,
+            }
+        )
+
+    async def add_entries(self, request: web.Request) -> web.Response:
+        s = self._session(request)
+        raw = await request.read()
+        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=MAX_ENTRIES_BODY, strict_map_key=False)
+        unpacker.feed(raw)
+        entries: list[Entry] = []
+        try:
+            for doc in unpacker:
+                entries.append(entry_from_wire(doc))
+        except (ValueError, msgpack.UnpackException) as err:
+            return json_error(400, f"manifest entries: {err}")
+        async with s.lock:  # entries must arrive in order; one batch at a time
+            try:
+                await s.session.add_entries(entries)
+            except SessionError as err:
+                return json_error(400, f"manifest entries: {err}")
+        return web.json_response({"entries": len(entries)})
+
+    async def commit(self, request: web.Request) -> web.Response:
+        s = self._session(request)
+        body = await _json(request)
+        job = await self._running_job(request, s.job_id, "backup")
+        ds = await self.ctx.catalog.get_data_source(s.data_source_id)
+        agent = request[AGENT_KEY]
+        labels = {
+            "agent_id": agent.id,
+            "agent_name": agent.name,
+            "data_source_id": ds.id,
+            "data_source_name": ds.name,
+            "kind": ds.kind,
+            "spec": _spec_json(ds),
+            "job_id": job.id,
+        }
+        warnings = body.get("warnings", 0)
+        if isinstance(warnings, int) and warnings > 0:
+            labels["warnings"] = str(warnings)
+        async with s.lock:
+            try:
+                rp = await s.session.commit(labels)
+            except (SessionError, PoolError) as err:
+                return json_error(400, f"commit: {err}")
+            finally:
+                self.sessions.pop(s.id, None)
+        await self.ctx.catalog.add_recovery_point(
+            rp_id=rp.id,
+            data_source_id=ds.id,
+            created_at=rp.created_ns / 1e9,
+            job_id=job.id,
+            entries=rp.entries,
+            files=rp.files,
+            logical_bytes=rp.logical_bytes,
+            labels=labels,
+        )
+        log.info("recovery_point_committed", job_id=job.id, rp_id=rp.id, files=rp.files)
+        return web.json_response({"rp_id": rp.id})
+
+    async def abort(self, request: web.Request) -> web.Response:
+        sid = request.match_info["sid"]
+        s = self.sessions.get(sid)
+        if s is not None and s.agent_id == request[AGENT_KEY].id:
+            s.session.abort()
+            del self.sessions[sid]
+        return web.json_response({"aborted": sid})
+
+    # -- restore ---------------------------------------------------------------
+
+    async def _restore_view(self, request: web.Request) -> RestoreView:
+        job_id = request.match_info["job_id"]
+        job = await self._running_job(request, job_id, "restore")
+        view = self.restores.get(job.id)
+        if view is None:
+            rp = await self.ctx.pool.get_recovery_point(job.params["rp_id"])
+            items = [os.fsencode(i) for i in job.params.get("items") or []]
+            view = await self.ctx.pool.run(
+                _select, self.ctx.pool.iter_entries_sync(rp), items
+            )
+            self.restores[job.id] = view
+        return view
+
+    async def restore_entries(self, request: web.Request) -> web.StreamResponse:
+        view = await self._restore_view(request)
+        resp = web.StreamResponse(headers={"Content-Type": "application/x-msgpack"})
+        await resp.prepare(request)
+        packer = msgpack.Packer(use_bin_type=True)
+        buf: list[bytes] = []
+        for entry in view.entries:
+            buf.append(packer.pack(entry.to_wire()))
+            if len(buf) >= 1000:
+                await resp.write(b"".join(buf))
+                buf.clear()
+        await resp.write(b"".join(buf))
+        await resp.write_eof()
+        return resp
+
+    async def restore_chunks(self, request: web.Request) -> web.StreamResponse:
+        view = await self._restore_view(request)
+        try:
+            ids = [ChunkId(c) for c in p.iter_id_list(await request.read())]
+        except p.ProtocolError as err:
+            return json_error(400, f"chunk request: {err}")
+        foreign = [c for c in ids if c not in view.chunks]
+        if foreign:
+            return json_error(
+                403, f"chunk {foreign[0].hex()} is not part of this restore's recovery point"
+            )
+        resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        await resp.prepare(request)
+        pool = self.ctx.pool
+        for cid in ids:
+            try:
+                frame = await pool.read_chunk_frame(cid)
+            except PoolError as err:
+                log.error("restore_chunk_unreadable", chunk=cid.hex(), error=str(err))
+                raise  # the truncated stream tells the agent; the log tells the operator
+            await resp.write(p.record_header(cid, len(frame)))
+            await resp.write(frame)
+        await resp.write_eof()
+        return resp
+
+    def routes(self) -> Iterable[web.RouteDef]:
+        base = p.AGENT_API
+        return [
+            web.post(f"{base}/sessions", self.open_session),
+            web.post(f"{base}/sessions/{{sid}}/missing", self.missing),
+            web.post(f"{base}/sessions/{{sid}}/chunks", self.put_chunks),
+            web.post(f"{base}/sessions/{{sid}}/entries", self.add_entries),
+            web.post(f"{base}/sessions/{{sid}}/commit", self.commit),
+            web.delete(f"{base}/sessions/{{sid}}", self.abort),
+            web.get(f"{base}/restores/{{job_id}}/entries", self.restore_entries),
+            web.post(f"{base}/restores/{{job_id}}/chunks", self.restore_chunks),
+        ]
+
+
+def _err(message: str) -> str:
+    import json
+
+    return json.dumps({"error": message})
+
+
+async def _json(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError as err:
+        raise web.HTTPBadRequest(text=_err(f"request body is not JSON: {err}")) from err
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text=_err("request body must be a JSON object"))
+    return body
+
+
+def _spec_json(ds: Any) -> str:
+    import json
+
+    return json.dumps({"paths": list(ds.paths), "excludes": list(ds.excludes)})
+
+
+def _chunks_of(entries: Iterator[Entry]) -> set[ChunkId]:
+    out: set[ChunkId] = set()
+    for e in entries:
+        out.update(e.chunk_ids)
+    return out
+
+
+def _selected(path: bytes, items: Sequence[bytes]) -> bool:
+    return any(path == i or path.startswith(i + b"/") for i in items)
+
+
+def _select(entries: Iterator[Entry], items: Sequence[bytes]) -> RestoreView:
+    """The entries a restore writes, in manifest order, and the chunks they need.
+
+    A secondary hardlink whose data-carrying first member is not selected takes over the
+    data, so the restore's first member of each group always carries the chunks."""
+    items = [i.strip(b"/") for i in items if i.strip(b"/")]
+    leaders: dict[int, Entry] = {}
+    emitted: set[int] = set()
+    out: list[Entry] = []
+    chunks: set[ChunkId] = set()
+    for e in entries:
+        group = e.hardlink_group
+        if group is not None and group not in leaders:
+            leaders[group] = e
+        if items and not _selected(e.path, items):
+            continue
+        if group is not None and e.type is EntryType.FILE:
+            if group not in emitted and not e.chunk_ids and leaders[group].chunk_ids:
+                lead = leaders[group]
+                e = replace(
+                    e,
+                    chunk_ids=lead.chunk_ids,
+                    chunk_sizes=lead.chunk_sizes,
+                    holes=lead.holes,
+                    size=lead.size,
+                )
+            emitted.add(group)
+        chunks.update(e.chunk_ids)
+        out.append(e)
+    return RestoreView(out, chunks)

@@ -1,0 +1,282 @@
+"""The job engine for agent jobs (backup, restore): dispatch over MQTT, events, lifecycle.
+
+Lifecycle of a job (states in the catalog, transitions enforced there):
+
+    queued --(agent sends event.accepted)--> running --(event.result)--> final state
+       \\--(cancel / agent wait deadline)--> cancelled / failed
+
+A queued job is dispatched (its signed command published with QoS 1) when its agent is
+online and, for backups, fewer than `max_concurrent_backups` backups are in flight; an
+unanswered command is sent again every `RESEND_SECONDS` (the agent runs a job id once).
+A job whose agent stays offline longer than `agent_wait_seconds` fails with that reason.
+When an agent comes back (its retained `state` message lists the jobs it is running), a
+running job it no longer knows fails as "agent restarted". Results are idempotent: the
+catalog ignores a second final state, because QoS 1 may deliver a result twice.
+
+The backup's recovery point is committed by the data plane (server/data_plane.py) before
+the agent reports success, so the catalog row and the pool record exist when the job ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from agent import protocol as p
+from server.catalog import Catalog
+from server.catalog_errors import CatalogError, InvalidStateError
+
+log = structlog.get_logger()
+
+RESEND_SECONDS = 30.0
+COMMAND_TTL_SECONDS = 24 * 3600.0
+TICK_SECONDS = 1.0
+
+Publisher = Callable[[str, p.Message], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class AgentPresence:
+    online: bool = False
+    since: float = 0.0
+    running: frozenset[str] = frozenset()
+
+
+@dataclass(slots=True)
+class JobLimits:
+    max_concurrent_backups: int = 4
+    agent_wait_seconds: float = 3600.0
+
+
+@dataclass(slots=True)
+class _Dispatch:
+    sent_at: float = 0.0
+
+
+@dataclass(slots=True)
+class JobManager:
+    catalog: Catalog
+    publish: Publisher
+    limits: JobLimits
+    clock: Callable[[], float] = time.time
+    on_final: Callable[[Any], Awaitable[None]] | None = None
+    presence: dict[str, AgentPresence] = field(default_factory=dict)
+    _dispatched: dict[str, _Dispatch] = field(default_factory=dict)
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    # -- operator actions ------------------------------------------------------
+
+    async def start_backup(self, data_source_id: str) -> Any:
+        ds = await self.catalog.get_data_source(data_source_id)
+        active = await self.catalog.active_backup_for(ds.id)
+        if active is not None:
+            raise InvalidStateError(
+                "data source",
+                ds.id,
+                f"a backup of it is already {active.state} (job {active.id})",
+            )
+        job = await self.catalog.create_job(
+            "backup",
+            ds.agent_id,
+            ds.id,
+            {"paths": list(ds.paths), "excludes": list(ds.excludes), "data_source_name": ds.name},
+        )
+        log.info("job_queued", job_id=job.id, kind="backup", data_source=ds.id)
+        self._wake.set()
+        return job
+
+    async def start_restore(self, target_agent_id: str, params: Mapping[str, Any]) -> Any:
+        job = await self.catalog.create_job(
+            "restore", target_agent_id, params.get("data_source_id"), dict(params)
+        )
+        log.info("job_queued", job_id=job.id, kind="restore", agent_id=target_agent_id)
+        self._wake.set()
+        return job
+
+    async def cancel(self, job_id: str) -> Any:
+        job = await self.catalog.get_job(job_id)
+        if job.state in p.FINAL_STATES:
+            return job
+        pres = self.presence.get(job.agent_id)
+        if job.state == "queued" or pres is None or not pres.online:
+            job = await self._finish(job.id, "cancelled", error="cancelled by operator")
+        if job_id in self._dispatched or job.state == "running":
+            await self._send(job.agent_id, p.CMD_CANCEL, job_id, {"job_id": job_id})
+        return job
+
+    # -- agent events ----------------------------------------------------------
+
+    async def agent_state(self, agent_id: str, online: bool, running: list[str]) -> None:
+        now = self.clock()
+        prev = self.presence.get(agent_id)
+        self.presence[agent_id] = AgentPresence(online, now, frozenset(running))
+        if online and (prev is None or not prev.online):
+            # Jobs it accepted before but no longer runs died with its previous process.
+            for job in await self.catalog.list_jobs(state="running", agent_id=agent_id):
+                if job.id not in running:
+                    await self._finish(
+                        job.id,
+                        "failed",
+                        error="the agent restarted while running this job; run it again",
+                    )
+            for job_id in [j for j, d in self._dispatched.items() if d.sent_at]:
+                self._dispatched[job_id].sent_at = 0.0  # resend at once to the new session
+        self._wake.set()
+
+    async def agent_event(self, agent_id: str, msg: p.Message) -> None:
+        """One event from `agent_id` (already authenticated by its topic)."""
+        if msg.job_id is None:
+            return
+        try:
+            job = await self.catalog.get_job(msg.job_id)
+        except CatalogError:
+            log.warning("event_for_unknown_job", agent_id=agent_id, job_id=msg.job_id)
+            return
+        if job.agent_id != agent_id:
+            log.warning("event_for_foreign_job", agent_id=agent_id, job_id=msg.job_id)
+            return
+        if msg.type == p.EVENT_ACCEPTED:
+            self._dispatched.pop(job.id, None)
+            if job.state == "queued":
+                with contextlib.suppress(InvalidStateError):
+                    await self.catalog.transition_job(job.id, "running")
+                    log.info("job_started", job_id=job.id, agent_id=agent_id)
+        elif msg.type == p.EVENT_PROGRESS:
+            if job.state == "running":
+                await self.catalog.update_progress(job.id, _progress(msg.body))
+        elif msg.type == p.EVENT_RESULT:
+            self._dispatched.pop(job.id, None)
+            status = msg.body.get("status")
+            if status not in p.RESULT_STATUSES:
+                log.warning("bad_result_status", job_id=job.id, status=str(status)[:40])
+                return
+            warnings = msg.body.get("warnings", 0)
+            result = {
+                k: msg.body.get(k) for k in ("stats", "rp_id", "warning_samples", "report")
+            }
+            await self._finish(
+                job.id,
+                str(status),
+                error=str(msg.body.get("error") or "") or None,
+                result=result,
+                warnings=warnings if isinstance(warnings, int) else 0,
+            )
+
+    # -- the loop --------------------------------------------------------------
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("job_tick_failed")
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(TICK_SECONDS):
+                    await self._wake.wait()
+
+    async def tick(self) -> None:
+        async with self._lock:
+            now = self.clock()
+            queued = await self.catalog.list_jobs(state="queued", limit=10_000)
+            running = await self.catalog.list_jobs(state="running", limit=10_000)
+            running_backups = sum(1 for j in running if j.kind == "backup")
+            for job in sorted(queued, key=lambda j: j.created_at):
+                pres = self.presence.get(job.agent_id)
+                if pres is None or not pres.online:
+                    waited = now - job.created_at
+                    if waited > self.limits.agent_wait_seconds:
+                        await self._finish(
+                            job.id,
+                            "failed",
+                            error=(
+                                f"agent {job.agent_id} stayed offline for"
+                                f" {int(waited)} s (limit {int(self.limits.agent_wait_seconds)} s)"
+                            ),
+                        )
+                    continue
+                d = self._dispatched.get(job.id)
+                if d is not None and d.sent_at and now - d.sent_at < RESEND_SECONDS:
+                    continue
+                if job.kind == "backup" and d is None:
+                    in_flight = running_backups + sum(
+                        1 for j in self._dispatched if j != job.id
+                    )
+                    if in_flight >= self.limits.max_concurrent_backups:
+                        continue
+                await self._dispatch(job)
+
+    async def _dispatch(self, job: Any) -> None:
+        if job.kind == "backup":
+            mtype = p.CMD_BACKUP
+            body: dict[str, Any] = {
+                "data_source_id": job.data_source_id,
+                "paths": job.params.get("paths", []),
+                "excludes": job.params.get("excludes", []),
+            }
+        else:
+            mtype = p.CMD_RESTORE
+            body = {
+                k: job.params.get(k)
+                for k in ("rp_id", "items", "target_path", "conflict", "source_agent_id")
+            }
+        await self._send(job.agent_id, mtype, job.id, body)
+        self._dispatched.setdefault(job.id, _Dispatch()).sent_at = self.clock()
+        log.info("job_dispatched", job_id=job.id, agent_id=job.agent_id, kind=job.kind)
+
+    async def _send(self, agent_id: str, mtype: str, job_id: str, body: dict[str, Any]) -> None:
+        now = self.clock()
+        key = (await self.catalog.get_agent(agent_id)).command_key
+        msg = p.Message(
+            type=mtype,
+            agent_id=agent_id,
+            body=body,
+            job_id=job_id,
+            issued_at=now,
+            expires_at=now + COMMAND_TTL_SECONDS,
+        ).signed(bytes.fromhex(key))
+        await self.publish(agent_id, msg)
+
+    async def _finish(
+        self,
+        job_id: str,
+        state: str,
+        *,
+        error: str | None = None,
+        result: dict[str, Any] | None = None,
+        warnings: int | None = None,
+    ) -> Any:
+        self._dispatched.pop(job_id, None)
+        job = await self.catalog.transition_job(
+            job_id, state, error=error, result=result, warnings=warnings
+        )
+        if job.state == state:
+            log.info("job_finished", job_id=job_id, state=state, error=error)
+        if self.on_final is not None:
+            await self.on_final(job)
+        self._wake.set()
+        return job
+
+
+def _progress(body: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in ("files", "bytes", "rate_bps", "bytes_total", "files_total"):
+        value = body.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+            out[key] = value
+    path = body.get("current_path")
+    if isinstance(path, str):
+        out["current_path"] = path[:1024]
+    phase = body.get("phase")
+    if isinstance(phase, str):
+        out["phase"] = phase[:32]
+    return out
