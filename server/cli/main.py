@@ -1,19 +1,32 @@
-"""The operator CLI, ``stockade Verb-Noun [-Param value] ...`` (see CLI.md).
+"""The operator CLI, ``stockade Verb-Noun [-Param value] ...`` (see CLI.md): dispatch.
 
-This version knows the cmdlet names and their one-line summaries; each cmdlet arrives with
-the issue that delivers it. Until then a known cmdlet answers "not available yet" (exit 2).
-
-Exit codes: 0 success (or True), 1 a check that answered False or a job that failed,
-2 bad usage or bad input, 3 server unreachable or unauthorised.
+``main`` finds the cmdlet (case-insensitively), parses its parameters
+(``server/cli/args.py``), runs it against the REST API and turns every failure into a
+one-line reason on stderr and an exit code (``server/cli/errors.py``): 0 success (or True),
+1 a check that answered False or a job that failed, 2 bad usage or bad input, 3 server
+unreachable or unauthorised. stdout carries only the result, so ``-Json`` output parses.
+Cmdlets not delivered yet answer "not available yet" (exit 2).
 """
 
+import difflib
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Final, TextIO
+from typing import Final
 
 from server import __version__
+from server.cli.args import parse
+from server.cli.catalog import CMDLETS, find_cmdlet
+from server.cli.cmdlet import Cmdlet, Invocation
+from server.cli.errors import (
+    EXIT_FALSE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    CliError,
+)
+from server.cli.help import PROG, print_cmdlet_help, print_overview
 
 __all__ = [
     "CMDLETS",
@@ -26,74 +39,9 @@ __all__ = [
     "main",
 ]
 
-EXIT_OK: Final = 0
-EXIT_FALSE: Final = 1
-EXIT_USAGE: Final = 2
-EXIT_UNREACHABLE: Final = 3
-
-PROG: Final = "stockade"
-
-
-@dataclass(frozen=True, slots=True)
-class Cmdlet:
-    """A CLI command: its canonical ``Verb-Noun`` name and a one-line summary."""
-
-    name: str
-    summary: str
-
-
-# Names are fixed by CLI.md; parameters grow with each issue.
-CMDLETS: Final[tuple[Cmdlet, ...]] = (
-    Cmdlet("Get-CloudConnection", "cloud connectivity health (True/False), -Detailed, -Probe"),
-    Cmdlet("New-Vault", "create a vault on a backend and write a credentials file valid 48 h"),
-    Cmdlet("Register-Vault", "register this server with a vault (credentials file + passphrase)"),
-    Cmdlet("Get-Vault", "vault location, state, usage, online RP counts"),
-    Cmdlet("Set-VaultPassphrase", "change the vault passphrase (needs -SecurityPin)"),
-    Cmdlet("Set-Throttling", "upload bandwidth for work and non-work hours"),
-    Cmdlet("New-AgentToken", "one-time registration token for a new agent (expires)"),
-    Cmdlet("Get-Agent", "list agents with online state and last backup"),
-    Cmdlet("Remove-Agent", "unregister an agent"),
-    Cmdlet("Get-DataSource", "list protectable and protected data sources"),
-    Cmdlet("New-ProtectionGroup", "create a protection group with its disk and online policies"),
-    Cmdlet("Get-ProtectionGroup", "list protection groups and their policies"),
-    Cmdlet("Set-ProtectionGroup", "change a protection group's members or policies"),
-    Cmdlet("Remove-ProtectionGroup", "remove a protection group"),
-    Cmdlet("Start-Backup", "create a recovery point now (-DataSource|-ProtectionGroup, -Online)"),
-    Cmdlet("Get-RecoveryPoint", "list recovery points (-Tier Disk|Cloud, -DataSource)"),
-    Cmdlet("Get-RecoverableItem", "browse files inside a recovery point (-Path)"),
-    Cmdlet("Start-Restore", "restore a whole recovery point or -Item paths"),
-    Cmdlet("Get-Job", "list jobs and their progress"),
-    Cmdlet("Wait-Job", "wait for a job to finish; its final state is the exit code"),
-    Cmdlet("Stop-Job", "cancel a running job"),
-    Cmdlet("Get-StoragePool", "pool size, stored vs logical bytes, dedup ratio, free space"),
-    Cmdlet("Start-Verify", "integrity check of the storage pool or the vault"),
-    Cmdlet("Start-GarbageCollection", "reclaim space in the storage pool"),
-    Cmdlet("Get-Alert", "open alerts (failed or missed backups, agent offline, pool full...)"),
-    Cmdlet("New-SecurityPin", "a PIN valid 5 minutes for destructive operations"),
-)
-
-_BY_LOWER_NAME: Final = {c.name.lower(): c for c in CMDLETS}
-
 _HELP_WORDS: Final = frozenset({"help", "--help", "-help", "-h", "-?", "get-help"})
+_CMDLET_HELP_WORDS: Final = frozenset({"-?", "-help", "--help", "-h"})
 _VERSION_WORDS: Final = frozenset({"--version", "-version"})
-
-
-def find_cmdlet(name: str) -> Cmdlet | None:
-    """Return the cmdlet called ``name`` (case-insensitive), or None."""
-    return _BY_LOWER_NAME.get(name.lower())
-
-
-def _print_help(out: TextIO) -> None:
-    width = max(len(c.name) for c in CMDLETS)
-    out.write(f"usage: {PROG} Verb-Noun [-Parameter value ...]\n")
-    out.write(f"       {PROG} help [Verb-Noun] | {PROG} -Version\n\n")
-    out.write("Cmdlets (names are case-insensitive):\n")
-    for cmdlet in CMDLETS:
-        out.write(f"  {cmdlet.name:<{width}}  {cmdlet.summary}\n")
-    out.write(
-        "\nExit codes: 0 success or True, 1 False or job failed, 2 bad usage, "
-        "3 server unreachable or unauthorised.\n"
-    )
 
 
 def _usage_error(message: str) -> int:
@@ -101,21 +49,23 @@ def _usage_error(message: str) -> int:
     return EXIT_USAGE
 
 
-def _not_available(cmdlet: Cmdlet) -> int:
-    return _usage_error(f"{cmdlet.name} is not available yet in this version ({__version__})")
+def _unknown_cmdlet(name: str) -> int:
+    by_lower = {c.name.lower(): c.name for c in CMDLETS}
+    close = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=0.6)
+    hint = f"; did you mean {by_lower[close[0]]}?" if close else f"; run '{PROG} help' for the list"
+    return _usage_error(f"unknown cmdlet {name!r}{hint}")
 
 
 def _help(topics: Sequence[str]) -> int:
     if not topics:
-        _print_help(sys.stdout)
+        print_overview(sys.stdout)
         return EXIT_OK
     if len(topics) > 1:
         return _usage_error("help takes at most one cmdlet name")
     cmdlet = find_cmdlet(topics[0])
     if cmdlet is None:
-        return _usage_error(f"unknown cmdlet {topics[0]!r}; run '{PROG} help' for the list")
-    sys.stdout.write(f"{cmdlet.name}: {cmdlet.summary}\n")
-    sys.stdout.write(f"Not available yet in this version ({__version__}).\n")
+        return _unknown_cmdlet(topics[0])
+    print_cmdlet_help(cmdlet, sys.stdout)
     return EXIT_OK
 
 
@@ -135,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: list[str]) -> int:
     if not args:
-        _print_help(sys.stdout)
+        print_overview(sys.stdout)
         return EXIT_OK
     first, rest = args[0], args[1:]
     if first.lower() in _VERSION_WORDS:
@@ -145,7 +95,20 @@ def _dispatch(args: list[str]) -> int:
         return _help(rest)
     cmdlet = find_cmdlet(first)
     if cmdlet is None:
-        return _usage_error(f"unknown cmdlet {first!r}; run '{PROG} help' for the list")
-    if any(a.lower() in {"-?", "-help", "--help"} for a in rest):
+        return _unknown_cmdlet(first)
+    if any(a.lower() in _CMDLET_HELP_WORDS for a in rest):
         return _help([cmdlet.name])
-    return _not_available(cmdlet)
+    if cmdlet.run is None:
+        return _usage_error(f"{cmdlet.name} is not available yet in this version ({__version__})")
+    try:
+        parsed = parse(cmdlet.name, cmdlet.params, rest, positional=cmdlet.positional)
+        invocation = Invocation(cmdlet.name, parsed, sys.stdout, sys.stderr, os.environ)
+        return cmdlet.run(invocation)
+    except CliError as err:
+        message = str(err)
+        if not message.startswith(cmdlet.name):
+            message = f"{cmdlet.name}: {message}"
+        sys.stderr.write(f"{PROG}: {message}\n")
+        return err.exit_code
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED

@@ -49,7 +49,7 @@ def test_cli_help_lists_every_cmdlet(args: tuple[str, ...]) -> None:
     assert listed == {c.name for c in CMDLETS}
     assert "Get-CloudConnection" in listed
     assert "New-SecurityPin" in listed
-    assert len(CMDLETS) == 26  # every name in CLI.md's table
+    assert len(CMDLETS) == 28  # CLI.md's table plus New-DataSource, Remove-DataSource
 
 
 def test_cli_help_for_one_cmdlet() -> None:
@@ -103,11 +103,17 @@ def test_daemon_help(script: str) -> None:
     assert "--log-level" in result.stdout
 
 
-@pytest.mark.parametrize("script", ["stockade-server", "stockade-agent"])
-def test_daemon_not_available_yet(script: str) -> None:
-    result = run_script(script)
-    assert result.returncode == 2
-    assert "not available yet" in result.stderr
+def test_server_bad_config_exits_78() -> None:
+    """78 (EX_CONFIG) is what the unit's RestartPreventExitStatus= stops restarting on."""
+    result = run_script("stockade-server", "--set", "http.port=0")
+    assert result.returncode == 78
+    assert "http.port" in result.stderr
+
+
+def test_agent_unregistered_exits_78(tmp_path: Path) -> None:
+    result = run_script("stockade-agent", "run", "--state-dir", str(tmp_path / "state"))
+    assert result.returncode == 78
+    assert "not registered" in result.stderr
 
 
 @pytest.mark.parametrize("script", ["stockade-server", "stockade-agent"])
