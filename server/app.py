@@ -65,9 +65,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 def make_app(ctx: ServerContext) -> web.Application:
-    app = web.Application(
-        middlewares=[error_middleware, auth_middleware], client_max_size=MAX_BODY
-    )
+    app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=MAX_BODY)
     app[CTX_KEY] = ctx
     plane = DataPlane(ctx)
     app[DATA_PLANE_KEY] = plane

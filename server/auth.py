@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import structlog
 from aiohttp import web
 
 from agent import protocol as p
+from server.catalog import AgentRow
 from server.context import CTX_KEY
 
 log = structlog.get_logger()
 
-AGENT_KEY = web.RequestKey("stockade_agent", Any)
+AGENT_KEY = web.RequestKey("stockade_agent", AgentRow)
 PUBLIC = frozenset({"/api/v1/health", "/api/v1/register", "/metrics"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -24,6 +24,7 @@ import os
 import secrets
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from server import __version__
 from server.app import DATA_PLANE_KEY, make_app
 from server.broker import BrokerError, ManagedBroker
 from server.bus import Bus
-from server.catalog import Catalog
+from server.catalog import Catalog, JobState
 from server.config import (
     EXIT_CONFIG,
     ConfigError,
@@ -82,9 +83,7 @@ def _parser() -> argparse.ArgumentParser:
         help="override one config key, e.g. --set http.port=9443 (repeatable)",
     )
     parser.add_argument("--data-dir", type=Path, help="shortcut for --set server.data_dir=DIR")
-    parser.add_argument(
-        "--log-level", choices=sorted(LEVELS), help="overrides server.log_level"
-    )
+    parser.add_argument("--log-level", choices=sorted(LEVELS), help="overrides server.log_level")
     return parser
 
 
@@ -137,7 +136,7 @@ class Server:
     config: ServerConfig
     notifier: Notifier
 
-    async def run(self, stop: asyncio.Event, reload: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event, reload: asyncio.Event) -> None:  # noqa: PLR0915 - the start order reads top to bottom
         config = self.config
         data_dir = config.data_dir
         try:
@@ -153,8 +152,6 @@ class Server:
             ca_file = tls.ca_cert
         else:
             assert config.http.tls_cert is not None and config.http.tls_key is not None
-            import ssl
-
             ssl_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ssl_ctx.load_cert_chain(config.http.tls_cert, config.http.tls_key)
             ca_pem = config.http.tls_cert.read_bytes()
@@ -296,14 +293,14 @@ class Server:
         log.info("server_stopped")
 
     async def _abandon_jobs(self, ctx: ServerContext, jobs: JobManager) -> None:
-        for state in ("running", "queued"):
+        for state in (JobState.RUNNING, JobState.QUEUED):
             for job in await ctx.catalog.list_jobs(state=state, limit=100_000):
                 with contextlib.suppress(Exception):
                     await jobs.cancel(job.id)
-                if state == "running":
+                if state is JobState.RUNNING:
                     with contextlib.suppress(Exception):
                         await ctx.catalog.transition_job(
-                            job.id, "failed", error="the server shut down while it ran"
+                            job.id, JobState.FAILED, error="the server shut down while it ran"
                         )
 
     async def _on_state(self, ctx: ServerContext, agent_id: str, msg: p.Message) -> None:
@@ -321,7 +318,7 @@ class Server:
         version = msg.body.get("version")
         now = ctx.clock()
         await ctx.catalog.set_agent_presence(
-            agent_id, online, now, version=version if isinstance(version, str) else None
+            agent.id, online, now, version=version if isinstance(version, str) else None
         )
         if msg.type == p.STATE or not agent.online:
             await ctx.job_manager().agent_state(

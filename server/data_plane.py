@@ -16,10 +16,11 @@ the next start re-adds (catalog.rebuild_from_pool runs at every start).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -29,8 +30,9 @@ from aiohttp import web
 
 from agent import protocol as p
 from server.auth import AGENT_KEY
+from server.catalog import recovery_point_labels
 from server.catalog_errors import CatalogError
-from server.context import CTX_KEY, ServerContext
+from server.context import ServerContext
 from storage_pool import Entry, EntryType, RecoveryPoint, Session, framing
 from storage_pool.errors import IntegrityError, PoolError, SessionError
 from storage_pool.ids import ChunkId
@@ -192,7 +194,9 @@ class DataPlane:
     async def add_entries(self, request: web.Request) -> web.Response:
         s = self._session(request)
         raw = await request.read()
-        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=MAX_ENTRIES_BODY, strict_map_key=False)
+        unpacker = msgpack.Unpacker(
+            raw=False, max_buffer_size=MAX_ENTRIES_BODY, strict_map_key=False
+        )
         unpacker.feed(raw)
         entries: list[Entry] = []
         try:
@@ -212,16 +216,7 @@ class DataPlane:
         body = await _json(request)
         job = await self._running_job(request, s.job_id, "backup")
         ds = await self.ctx.catalog.get_data_source(s.data_source_id)
-        agent = request[AGENT_KEY]
-        labels = {
-            "agent_id": agent.id,
-            "agent_name": agent.name,
-            "data_source_id": ds.id,
-            "data_source_name": ds.name,
-            "kind": ds.kind,
-            "spec": _spec_json(ds),
-            "job_id": job.id,
-        }
+        labels = recovery_point_labels(request[AGENT_KEY], ds, job.id)
         warnings = body.get("warnings", 0)
         if isinstance(warnings, int) and warnings > 0:
             labels["warnings"] = str(warnings)
@@ -232,16 +227,7 @@ class DataPlane:
                 return json_error(400, f"commit: {err}")
             finally:
                 self.sessions.pop(s.id, None)
-        await self.ctx.catalog.add_recovery_point(
-            rp_id=rp.id,
-            data_source_id=ds.id,
-            created_at=rp.created_ns / 1e9,
-            job_id=job.id,
-            entries=rp.entries,
-            files=rp.files,
-            logical_bytes=rp.logical_bytes,
-            labels=labels,
-        )
+        await self.ctx.catalog.add_recovery_point(rp)
         log.info("recovery_point_committed", job_id=job.id, rp_id=rp.id, files=rp.files)
         return web.json_response({"rp_id": rp.id})
 
@@ -262,9 +248,7 @@ class DataPlane:
         if view is None:
             rp = await self.ctx.pool.get_recovery_point(job.params["rp_id"])
             items = [os.fsencode(i) for i in job.params.get("items") or []]
-            view = await self.ctx.pool.run(
-                _select, self.ctx.pool.iter_entries_sync(rp), items
-            )
+            view = await self.ctx.pool.run(_select, self.ctx.pool.iter_entries_sync(rp), items)
             self.restores[job.id] = view
         return view
 
@@ -323,8 +307,6 @@ class DataPlane:
 
 
 def _err(message: str) -> str:
-    import json
-
     return json.dumps({"error": message})
 
 
@@ -336,12 +318,6 @@ async def _json(request: web.Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise web.HTTPBadRequest(text=_err("request body must be a JSON object"))
     return body
-
-
-def _spec_json(ds: Any) -> str:
-    import json
-
-    return json.dumps({"paths": list(ds.paths), "excludes": list(ds.excludes)})
 
 
 def _chunks_of(entries: Iterator[Entry]) -> set[ChunkId]:
@@ -365,7 +341,8 @@ def _select(entries: Iterator[Entry], items: Sequence[bytes]) -> RestoreView:
     emitted: set[int] = set()
     out: list[Entry] = []
     chunks: set[ChunkId] = set()
-    for e in entries:
+    for entry in entries:
+        e = entry
         group = e.hardlink_group
         if group is not None and group not in leaders:
             leaders[group] = e

@@ -29,8 +29,9 @@ from typing import Any
 import structlog
 
 from agent import protocol as p
-from server.catalog import Catalog
+from server.catalog import Catalog, JobKind, JobState
 from server.catalog_errors import CatalogError, InvalidStateError
+from server.ids import AgentId, JobId
 
 log = structlog.get_logger()
 
@@ -83,7 +84,7 @@ class JobManager:
                 f"a backup of it is already {active.state} (job {active.id})",
             )
         job = await self.catalog.create_job(
-            "backup",
+            JobKind.BACKUP,
             ds.agent_id,
             ds.id,
             {"paths": list(ds.paths), "excludes": list(ds.excludes), "data_source_name": ds.name},
@@ -94,7 +95,7 @@ class JobManager:
 
     async def start_restore(self, target_agent_id: str, params: Mapping[str, Any]) -> Any:
         job = await self.catalog.create_job(
-            "restore", target_agent_id, params.get("data_source_id"), dict(params)
+            JobKind.RESTORE, AgentId(target_agent_id), params.get("data_source_id"), dict(params)
         )
         log.info("job_queued", job_id=job.id, kind="restore", agent_id=target_agent_id)
         self._wake.set()
@@ -119,7 +120,9 @@ class JobManager:
         self.presence[agent_id] = AgentPresence(online, now, frozenset(running))
         if online and (prev is None or not prev.online):
             # Jobs it accepted before but no longer runs died with its previous process.
-            for job in await self.catalog.list_jobs(state="running", agent_id=agent_id):
+            for job in await self.catalog.list_jobs(
+                state=JobState.RUNNING, agent_id=AgentId(agent_id)
+            ):
                 if job.id not in running:
                     await self._finish(
                         job.id,
@@ -146,7 +149,7 @@ class JobManager:
             self._dispatched.pop(job.id, None)
             if job.state == "queued":
                 with contextlib.suppress(InvalidStateError):
-                    await self.catalog.transition_job(job.id, "running")
+                    await self.catalog.transition_job(job.id, JobState.RUNNING)
                     log.info("job_started", job_id=job.id, agent_id=agent_id)
         elif msg.type == p.EVENT_PROGRESS:
             if job.state == "running":
@@ -158,9 +161,7 @@ class JobManager:
                 log.warning("bad_result_status", job_id=job.id, status=str(status)[:40])
                 return
             warnings = msg.body.get("warnings", 0)
-            result = {
-                k: msg.body.get(k) for k in ("stats", "rp_id", "warning_samples", "report")
-            }
+            result = {k: msg.body.get(k) for k in ("stats", "rp_id", "warning_samples", "report")}
             await self._finish(
                 job.id,
                 str(status),
@@ -187,8 +188,8 @@ class JobManager:
     async def tick(self) -> None:
         async with self._lock:
             now = self.clock()
-            queued = await self.catalog.list_jobs(state="queued", limit=10_000)
-            running = await self.catalog.list_jobs(state="running", limit=10_000)
+            queued = await self.catalog.list_jobs(state=JobState.QUEUED, limit=10_000)
+            running = await self.catalog.list_jobs(state=JobState.RUNNING, limit=10_000)
             running_backups = sum(1 for j in running if j.kind == "backup")
             for job in sorted(queued, key=lambda j: j.created_at):
                 pres = self.presence.get(job.agent_id)
@@ -208,9 +209,7 @@ class JobManager:
                 if d is not None and d.sent_at and now - d.sent_at < RESEND_SECONDS:
                     continue
                 if job.kind == "backup" and d is None:
-                    in_flight = running_backups + sum(
-                        1 for j in self._dispatched if j != job.id
-                    )
+                    in_flight = running_backups + sum(1 for j in self._dispatched if j != job.id)
                     if in_flight >= self.limits.max_concurrent_backups:
                         continue
                 await self._dispatch(job)
@@ -236,6 +235,9 @@ class JobManager:
     async def _send(self, agent_id: str, mtype: str, job_id: str, body: dict[str, Any]) -> None:
         now = self.clock()
         key = (await self.catalog.get_agent(agent_id)).command_key
+        if key is None:
+            log.warning("command_not_sent_unregistered", agent_id=agent_id, job_id=job_id)
+            return
         msg = p.Message(
             type=mtype,
             agent_id=agent_id,
@@ -257,7 +259,7 @@ class JobManager:
     ) -> Any:
         self._dispatched.pop(job_id, None)
         job = await self.catalog.transition_job(
-            job_id, state, error=error, result=result, warnings=warnings
+            JobId(job_id), JobState(state), error=error, result=result, warnings=warnings
         )
         if job.state == state:
             log.info("job_finished", job_id=job_id, state=state, error=error)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable
 from typing import Any
@@ -11,6 +12,7 @@ from aiohttp import web
 
 from agent import protocol as p
 from server import __version__
+from server.catalog import JobState
 from server.catalog_errors import CatalogError
 from server.context import CTX_KEY, ServerContext
 from storage_pool import EntryType
@@ -135,9 +137,7 @@ async def new_agent_token(request: web.Request) -> web.Response:
         return bad("ttl_minutes must be an integer from 1 to 10080")
     token, expires = await ctx.catalog.create_agent_token(ttl * 60.0)
     log.info("agent_token_created", expires_at=expires)
-    return web.json_response(
-        {"token": token, "expires_at": expires, "server_url": ctx.server_url}
-    )
+    return web.json_response({"token": token, "expires_at": expires, "server_url": ctx.server_url})
 
 
 async def register(request: web.Request) -> web.Response:
@@ -183,13 +183,11 @@ async def remove_agent(request: web.Request) -> web.Response:
     ctx = _ctx(request)
     agent = await ctx.catalog.get_agent(request.match_info["ref"])
     delete_data = request.query.get("delete_data") in ("1", "true", "yes")
-    if delete_data:
-        for rp in await ctx.catalog.list_recovery_points(agent_id=agent.id):
-            try:
-                await ctx.pool.delete_recovery_point(rp.id)
-            except RecoveryPointNotFoundError:
-                pass
-    await ctx.catalog.remove_agent(agent.id, delete_data=delete_data)
+    # Catalog first: a crash after it leaves pool RPs that the next start's rebuild
+    # would bring back as orphans, never catalog rows pointing at deleted data.
+    for rp_id in await ctx.catalog.remove_agent(agent.id, delete_data=delete_data):
+        with contextlib.suppress(RecoveryPointNotFoundError):
+            await ctx.pool.delete_recovery_point(rp_id)
     if ctx.remove_identity is not None:
         await ctx.remove_identity(agent.id)
     log.info("agent_removed", agent_id=agent.id, delete_data=delete_data)
@@ -230,7 +228,10 @@ async def add_data_source(request: web.Request) -> web.Response:
 async def remove_data_source(request: web.Request) -> web.Response:
     ctx = _ctx(request)
     ds = await ctx.catalog.get_data_source(request.match_info["ref"])
-    await ctx.catalog.remove_data_source(ds.id)
+    delete_data = request.query.get("delete_data") in ("1", "true", "yes")
+    for rp_id in await ctx.catalog.remove_data_source(ds.id, delete_data=delete_data):
+        with contextlib.suppress(RecoveryPointNotFoundError):
+            await ctx.pool.delete_recovery_point(rp_id)
     return web.json_response({"removed": ds.id})
 
 
@@ -296,11 +297,13 @@ async def list_jobs(request: web.Request) -> web.Response:
         limit = int(q.get("limit", "100"))
     except ValueError:
         return bad("limit must be an integer")
-    state = q.get("state") or None
-    if state is not None and state not in p.JOB_STATES:
+    state_text = q.get("state") or None
+    if state_text is not None and state_text not in p.JOB_STATES:
         return bad(f"state must be one of {', '.join(p.JOB_STATES)}")
+    state = JobState(state_text) if state_text else None
     agent_id = (await ctx.catalog.get_agent(q["agent"])).id if q.get("agent") else None
-    ds_id = (await ctx.catalog.get_data_source(q["data_source"])).id if q.get("data_source") else None
+    ds_ref = q.get("data_source")
+    ds_id = (await ctx.catalog.get_data_source(ds_ref)).id if ds_ref else None
     jobs = await ctx.catalog.list_jobs(
         state=state, agent_id=agent_id, data_source_id=ds_id, limit=limit
     )
@@ -320,7 +323,8 @@ async def cancel_job(request: web.Request) -> web.Response:
 async def list_recovery_points(request: web.Request) -> web.Response:
     ctx = _ctx(request)
     q = request.query
-    ds_id = (await ctx.catalog.get_data_source(q["data_source"])).id if q.get("data_source") else None
+    ds_ref = q.get("data_source")
+    ds_id = (await ctx.catalog.get_data_source(ds_ref)).id if ds_ref else None
     agent_id = (await ctx.catalog.get_agent(q["agent"])).id if q.get("agent") else None
     rps = await ctx.catalog.list_recovery_points(data_source_id=ds_id, agent_id=agent_id)
     return web.json_response([rp_json(r) for r in rps])
@@ -416,4 +420,3 @@ def routes() -> Iterable[web.RouteDef]:
         web.get(f"{b}/recovery-points/{{id}}/items", list_items),
         web.get(f"{b}/storage-pool", storage_pool),
     ]
-
