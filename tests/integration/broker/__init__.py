@@ -1,0 +1,1 @@
+"""Integration tests of the managed Mosquitto broker and its TLS material."""
