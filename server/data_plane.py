@@ -30,7 +30,7 @@ from aiohttp import web
 
 from agent import protocol as p
 from server.auth import AGENT_KEY
-from server.catalog import recovery_point_labels
+from server.catalog import JobState, recovery_point_labels
 from server.catalog_errors import CatalogError
 from server.context import ServerContext
 from storage_pool import Entry, EntryType, RecoveryPoint, Session, framing
@@ -103,7 +103,12 @@ class DataPlane:
             raise web.HTTPNotFound(text=_err(f"job {job_id} not found")) from err
         if job.agent_id != agent.id or job.kind != kind:
             raise web.HTTPForbidden(text=_err(f"job {job_id} is not a {kind} job of this agent"))
-        if job.state != "running":
+        if job.state == JobState.QUEUED:
+            # The agent's first data-plane call can overtake its MQTT "accepted" event;
+            # the call itself proves the agent took the job.
+            job = await self.ctx.catalog.transition_job(job.id, JobState.RUNNING)
+            log.info("job_started", job_id=job.id, agent_id=agent.id, via="data_plane")
+        if job.state != JobState.RUNNING:
             raise web.HTTPConflict(text=_err(f"job {job_id} is {job.state}, not running"))
         return job
 

@@ -89,7 +89,7 @@ class ServerProc:
             "--set",
             "agents.offline_after_seconds=6",
             "--log-level",
-            "debug",
+            "info",
             *self.extra,
         ]
 
@@ -130,6 +130,7 @@ class ServerProc:
             lines = self.log_path.read_text(errors="replace").splitlines()
         except FileNotFoundError:
             return "(no log)"
+        lines = [ln for ln in lines if "aiohttp.access" not in ln]
         return "\n".join(lines[-n:])
 
     def log_events(self) -> Iterator[dict[str, Any]]:
@@ -247,11 +248,11 @@ class AgentProc:
         self.proc = subprocess.Popen(
             [
                 _bin("stockade-agent"),
+                "--log-level",
+                "debug",
                 "run",
                 "--state-dir",
                 str(self.state_dir),
-                "--log-level",
-                "debug",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
