@@ -135,6 +135,9 @@ async def _open_pool(config: ServerConfig) -> StoragePool:
 class Server:
     config: ServerConfig
     notifier: Notifier
+    # What SIGHUP reads again: the same file with the same command-line overrides.
+    config_path: Path | None = None
+    overrides: dict[str, str] | None = None
 
     async def run(self, stop: asyncio.Event, reload: asyncio.Event) -> None:  # noqa: PLR0915 - the start order reads top to bottom
         config = self.config
@@ -332,11 +335,17 @@ class Server:
             await asyncio.sleep(max(1.0, self.config.agents.heartbeat_seconds / 2))
             now = ctx.clock()
             limit = self.config.agents.offline_after_seconds
-            for agent in await ctx.catalog.list_agents():
+            agents = await ctx.catalog.list_agents()
+            for agent in agents:
                 if agent.online and (agent.last_seen_at or 0) < now - limit:
                     await ctx.catalog.set_agent_presence(agent.id, False, now)
                     await ctx.job_manager().agent_state(agent.id, False, [])
                     log.info("agent_presence", agent_id=agent.id, online=False, why="silent")
+            running = await ctx.catalog.list_jobs(state=JobState.RUNNING, limit=10_000)
+            online = sum(1 for a in agents if a.online)
+            self.notifier.status(
+                f"{online}/{len(agents)} agents online, {len(running)} jobs running"
+            )
 
     async def _watchdog(self) -> None:
         interval = self.notifier.watchdog_interval()
@@ -352,8 +361,7 @@ class Server:
             reload.clear()
             self.notifier.reloading("reloading configuration")
             try:
-                path = Path(self.config.source) if self.config.source.startswith("/") else None
-                new = load_server_config(path) if path else self.config
+                new = load_server_config(self.config_path, overrides=self.overrides)
                 live, restart = reload_diff(self.config, new)
                 self.config = merge_live(self.config, new)
                 configure_logging(self.config.server.log_level)
@@ -386,7 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"{PROG}: {err}\n")
         return EXIT_CONFIG
     configure_logging(config.server.log_level)
-    server = Server(config, Notifier.from_env())
+    server = Server(config, Notifier.from_env(), args.config, overrides)
     try:
         asyncio.run(_run(server))
     except StartupError as err:

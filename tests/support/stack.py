@@ -52,6 +52,7 @@ class ServerProc:
     mqtt_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
     extra: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def data_dir(self) -> Path:
@@ -97,7 +98,11 @@ class ServerProc:
         require_binary("mosquitto")
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            self.command(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **self.env},
         )
         log.close()
         self.wait_ready()
