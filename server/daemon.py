@@ -272,6 +272,7 @@ class Server:
                     tg.create_task(bus.run(), name="bus"),
                     tg.create_task(jobs.run(), name="jobs"),
                     tg.create_task(self._presence_monitor(ctx), name="presence"),
+                    tg.create_task(plane.reap_idle(), name="session-reaper"),
                     tg.create_task(self._watchdog(), name="watchdog"),
                     tg.create_task(self._reloader(reload), name="reload"),
                 ]

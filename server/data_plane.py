@@ -42,6 +42,7 @@ log = structlog.get_logger()
 
 MAX_BODY = 80 * 1024 * 1024
 MAX_ENTRIES_BODY = 64 * 1024 * 1024
+SESSION_IDLE_SECONDS = 3600.0
 
 
 def json_error(status: int, message: str) -> web.Response:
@@ -92,6 +93,19 @@ class DataPlane:
 
     async def job_ended(self, job: Any) -> None:
         self.abort_for_job(job.id)
+
+    async def reap_idle(self, idle_seconds: float = SESSION_IDLE_SECONDS) -> None:
+        """Abort sessions nobody used for `idle_seconds`: an agent that died without
+        coming back must not keep chunks protected from GC for ever. Its next call, if
+        any, gets 404 and fails the job."""
+        while True:
+            await asyncio.sleep(min(60.0, idle_seconds / 4))
+            cutoff = time.monotonic() - idle_seconds
+            for sid, s in list(self.sessions.items()):
+                if s.last_used < cutoff and not s.lock.locked():
+                    s.session.abort()
+                    self.sessions.pop(sid, None)
+                    log.warning("session_reaped", job_id=s.job_id, session_id=sid)
 
     # -- helpers ---------------------------------------------------------------
 

@@ -8,7 +8,8 @@ Lifecycle of a job (states in the catalog, transitions enforced there):
 A queued job is dispatched (its signed command published with QoS 1) when its agent is
 online and, for backups, fewer than `max_concurrent_backups` backups are in flight; an
 unanswered command is sent again every `RESEND_SECONDS` (the agent runs a job id once).
-A job whose agent stays offline longer than `agent_wait_seconds` fails with that reason.
+A job whose agent stays offline longer than `agent_wait_seconds` (queued, or running when
+the agent went away) fails with that reason.
 When an agent comes back (its retained `state` message lists the jobs it is running), a
 running job it no longer knows fails as "agent restarted". Results are idempotent: the
 catalog ignores a second final state, because QoS 1 may deliver a result twice.
@@ -191,6 +192,16 @@ class JobManager:
             queued = await self.catalog.list_jobs(state=JobState.QUEUED, limit=10_000)
             running = await self.catalog.list_jobs(state=JobState.RUNNING, limit=10_000)
             running_backups = sum(1 for j in running if j.kind == "backup")
+            for job in running:
+                pres = self.presence.get(job.agent_id)
+                gone = now - pres.since if pres is not None and not pres.online else 0.0
+                if gone > self.limits.agent_wait_seconds:
+                    await self._finish(
+                        job.id,
+                        "failed",
+                        error=f"agent {job.agent_id} went offline during the job and stayed"
+                        f" away for {int(gone)} s",
+                    )
             for job in sorted(queued, key=lambda j: j.created_at):
                 pres = self.presence.get(job.agent_id)
                 if pres is None or not pres.online:

@@ -35,6 +35,18 @@ def _bin(name: str) -> str:
     return str(path)
 
 
+def stop_process(proc: subprocess.Popen[bytes] | None, sig: int, timeout: float) -> int | None:
+    """Signal `proc` and wait for it (SIGKILL after `timeout`); its exit code."""
+    if proc is None or proc.poll() is not None:
+        return proc.returncode if proc else None
+    proc.send_signal(sig)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
 @dataclass
 class CliResult:
     code: int
@@ -148,14 +160,7 @@ class ServerProc:
                 yield doc
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
-        self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
+        return stop_process(self.proc, sig, timeout)
 
     def kill9(self) -> None:
         self.stop(signal.SIGKILL)
@@ -266,14 +271,7 @@ class AgentProc:
         log.close()
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
-        self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
+        return stop_process(self.proc, sig, timeout)
 
     def tail(self, n: int = 60) -> str:
         try:

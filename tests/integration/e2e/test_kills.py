@@ -64,6 +64,16 @@ def finish(stack: Stack, job_id: str) -> dict[str, Any]:
     return stack.wait_job(job_id, timeout=120)
 
 
+def interrupted_backup(stack: Stack, tmp_path: Path) -> tuple[Path, str, str]:
+    """An agent, a data source of incompressible files, and a backup of it under way:
+    (source folder, data source id, job id)."""
+    src = tmp_path / "src"
+    make_source(src)
+    stack.add_agent("alpha")
+    ds = stack.add_files_source("alpha", [src])
+    return src, ds["id"], start_and_wait_progress(stack, ds["id"])
+
+
 def test_agent_killed_mid_backup(stack: Stack, tmp_path: Path) -> None:
     src = tmp_path / "src"
     make_source(src)
@@ -82,33 +92,25 @@ def test_agent_killed_mid_backup(stack: Stack, tmp_path: Path) -> None:
 
 
 def test_broker_killed_mid_backup(stack: Stack, tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    make_source(src)
-    stack.add_agent("alpha")
-    ds = stack.add_files_source("alpha", [src])
-    job_id = start_and_wait_progress(stack, ds["id"])
+    src, ds_id, job_id = interrupted_backup(stack, tmp_path)
     stack.server._kill_managed_broker()  # the server's supervisor restarts it
     job = finish(stack, job_id)
     # The data plane is HTTP: the backup itself goes on; its result arrives after the
     # agent reconnects to the restarted broker.
     assert job["state"] == "succeeded", job
-    assert stack.backup(ds["id"])["state"] == "succeeded"
-    assert len(stack.recovery_points(ds["id"])) == 2
-    assert_restores(stack, ds["id"], src, tmp_path)
+    assert stack.backup(ds_id)["state"] == "succeeded"
+    assert len(stack.recovery_points(ds_id)) == 2
+    assert_restores(stack, ds_id, src, tmp_path)
 
 
 def test_server_killed_mid_backup(stack: Stack, tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    make_source(src)
-    stack.add_agent("alpha")
-    ds = stack.add_files_source("alpha", [src])
-    job_id = start_and_wait_progress(stack, ds["id"])
+    src, ds_id, job_id = interrupted_backup(stack, tmp_path)
     stack.server.kill9()
     stack.server.start()
     job = finish(stack, job_id)
     assert job["state"] == "failed", job
-    assert stack.recovery_points(ds["id"]) == []
+    assert stack.recovery_points(ds_id) == []
     stack.wait_agent_online("alpha")
-    assert stack.backup(ds["id"])["state"] == "succeeded"
-    assert len(stack.recovery_points(ds["id"])) == 1
-    assert_restores(stack, ds["id"], src, tmp_path)
+    assert stack.backup(ds_id)["state"] == "succeeded"
+    assert len(stack.recovery_points(ds_id)) == 1
+    assert_restores(stack, ds_id, src, tmp_path)

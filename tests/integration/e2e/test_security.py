@@ -150,45 +150,22 @@ def test_wrong_chunk_id_and_malformed_bodies(stack: Stack, tmp_path: Path) -> No
 
 
 def accept_job(stack: Stack, agent: AgentProc, job_id: str) -> None:
-    ident = agent.identity()
-
-    async def run() -> None:
-        ctx = ssl.create_default_context(cadata=ident["ca_pem"])
-        async with aiomqtt.Client(
-            "127.0.0.1",
-            stack.server.mqtt_port,
-            username=ident["agent_id"],
-            password=ident.get("mqtt_password") or ident["credential"],
-            tls_context=ctx,
-            identifier=f"{ident['agent_id']}-test",
-        ) as client:
-            msg = p.Message(
-                p.EVENT_ACCEPTED, ident["agent_id"], {}, job_id=job_id, issued_at=time.time()
-            )
-            await client.publish(p.topic(ident["agent_id"], "events"), p.encode_message(msg), qos=1)
-
-    # The server only dispatches to an online agent; mark it online through its state topic.
-    publish_as(
-        stack,
-        agent,
-        "state",
-        p.encode_message(
-            p.Message(
-                p.STATE,
-                ident["agent_id"],
-                {"state": "online", "running_jobs": []},
-                issued_at=time.time(),
-            )
-        ),
+    """Play the (stopped) agent's part on MQTT: come online, then accept `job_id`."""
+    agent_id = agent.identity()["agent_id"]
+    online = p.Message(
+        p.STATE, agent_id, {"state": "online", "running_jobs": []}, issued_at=time.time()
     )
+    publish_as(stack, agent, "state", p.encode_message(online))
+    accepted = p.Message(p.EVENT_ACCEPTED, agent_id, {}, job_id=job_id, issued_at=time.time())
     deadline = time.monotonic() + 30
-    while stack.job(job_id)["state"] != "running":
-        asyncio.run(run())
+    while stack.job(job_id)["state"] != "running":  # dispatch waits for the online state
+        publish_as(stack, agent, "events", p.encode_message(accepted))
         time.sleep(0.3)
         assert time.monotonic() < deadline, stack.server.tail()
 
 
 def publish_as(stack: Stack, agent: AgentProc, kind: str, payload: bytes) -> None:
+    """Publish on the agent's own `kind` topic with the agent's broker identity."""
     ident = agent.identity()
 
     async def run() -> None:

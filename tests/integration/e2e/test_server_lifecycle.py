@@ -8,7 +8,7 @@ import socket
 import time
 from pathlib import Path
 
-from tests.integration.e2e.test_kills import make_source, start_and_wait_progress
+from tests.integration.e2e.test_kills import interrupted_backup
 from tests.support.stack import ServerProc, Stack
 from tests.support.tree_compare import assert_same_tree
 
@@ -34,18 +34,14 @@ def test_sd_notify_ready_and_stopping(tmp_path: Path) -> None:
 
 
 def test_sigterm_during_backup_leaves_nothing_half_visible(stack: Stack, tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    make_source(src)
-    stack.add_agent("alpha")
-    ds = stack.add_files_source("alpha", [src])
-    job_id = start_and_wait_progress(stack, ds["id"])
+    _, ds_id, job_id = interrupted_backup(stack, tmp_path)
     assert stack.server.stop(signal.SIGTERM) == 0
     stack.server.start()
     job = stack.job(job_id)
     assert job["state"] == "failed" and "shut down" in (job["error"] or ""), job
-    assert stack.recovery_points(ds["id"]) == []
+    assert stack.recovery_points(ds_id) == []
     stack.wait_agent_online("alpha")
-    assert stack.backup(ds["id"])["state"] == "succeeded"
+    assert stack.backup(ds_id)["state"] == "succeeded"
 
 
 def test_sighup_reloads_live_keys(tmp_path: Path) -> None:
