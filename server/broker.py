@@ -69,6 +69,7 @@ import secrets
 import shutil
 import signal
 import socket
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
@@ -178,6 +179,38 @@ def _find_binary(name: str) -> str:
             f"{_INSTALL_HINT}"
         )
     return found
+
+
+ORPHAN_PID_NAME = "mosquitto.pid"
+
+
+def _stop_orphan(pid_file: Path, config_path: Path) -> None:
+    """Stop a mosquitto left running by a server that was killed (SIGKILL skips our stop).
+
+    Only a process whose command line names this broker's own config file is touched, so a
+    recycled pid or someone else's mosquitto is never signalled."""
+    try:
+        pid = int(pid_file.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return
+    if (
+        not cmdline
+        or not cmdline[0].endswith(b"mosquitto")
+        or (os.fsencode(config_path) not in cmdline)
+    ):
+        return
+    log.warning("broker_orphan_stopped", pid=pid, config=str(config_path))
+    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not Path(f"/proc/{pid}").exists():
+                return
+            time.sleep(0.05)
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -357,6 +390,7 @@ class ManagedBroker:
         if self._supervisor is not None:
             raise BrokerError(f"broker {self.url} already started")
         binary = _find_binary(self._mosquitto)
+        await asyncio.to_thread(_stop_orphan, self.directory / ORPHAN_PID_NAME, self.config_path)
         await asyncio.to_thread(_check_port_free, self.host, self.port)
         async with self._lock:
             await asyncio.to_thread(self._write_static_files, binary)
@@ -555,6 +589,13 @@ class ManagedBroker:
             raise BrokerStartError(f"cannot run mosquitto binary {binary!r}: {err}") from err
         self._generation += 1
         instance = _Instance(process, self._generation)
+        # Recorded so the next start can stop it should this server die by SIGKILL.
+        await asyncio.to_thread(
+            write_file_atomic,
+            self.directory / ORPHAN_PID_NAME,
+            f"{process.pid}\n".encode(),
+            mode=0o600,
+        )
         self._instance = instance
         exited = asyncio.create_task(process.wait(), name=f"broker-wait-{process.pid}")
         ready = asyncio.create_task(instance.ready.wait(), name=f"broker-ready-{process.pid}")

@@ -163,13 +163,11 @@ class ServerProc:
         return stop_process(self.proc, sig, timeout)
 
     def kill9(self) -> None:
+        """SIGKILL the server alone. Its managed broker outlives it (as it would outside
+        systemd's cgroup); the next start must find and stop that orphan itself."""
         self.stop(signal.SIGKILL)
-        # Its managed broker is a child that outlives a SIGKILL of the server: stop it too,
-        # as systemd's KillMode=control-group would.
-        self._kill_managed_broker()
 
     def _kill_managed_broker(self) -> None:
-        pid_file = self.data_dir / "broker" / "mosquitto.pid"
         conf = str(self.data_dir / "broker")
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
@@ -181,7 +179,6 @@ class ServerProc:
             if cmd and cmd[0].endswith(b"mosquitto") and any(conf.encode() in c for c in cmd):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(int(entry.name), signal.SIGKILL)
-        pid_file.unlink(missing_ok=True)
 
     def operator_token(self) -> str:
         return (self.data_dir / "operator.token").read_text().strip()
