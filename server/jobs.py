@@ -163,6 +163,16 @@ class JobManager:
                 return
             warnings = msg.body.get("warnings", 0)
             result = {k: msg.body.get(k) for k in ("stats", "rp_id", "warning_samples", "report")}
+            stats = msg.body.get("stats")
+            if isinstance(stats, dict):
+                result["rp_id"] = result["rp_id"] or stats.get("rp_id")
+                if job.state == "running":
+                    # The last progress event may predate the end: show the final counts.
+                    final = {
+                        "files": stats.get("files"),
+                        "bytes": stats.get("logical_bytes", stats.get("bytes")),
+                    }
+                    await self.catalog.update_progress(job.id, _progress(final))
             await self._finish(
                 job.id,
                 str(status),

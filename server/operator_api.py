@@ -356,7 +356,8 @@ async def list_items(request: web.Request) -> web.Response:
 
 def _item(e: Any) -> dict[str, Any]:
     return {
-        "path": os.fsdecode(e.path),
+        # Files data sources store absolute paths without their leading "/".
+        "path": "/" + os.fsdecode(e.path),
         "type": {
             "f": "file",
             "d": "directory",
