@@ -35,7 +35,7 @@ if [ -z "$$py" ]; then \
 fi
 endef
 
-.PHONY: help setup system-deps lint test run bench lock clean
+.PHONY: help setup system-deps lint test run bench bench-e2e lock clean
 
 help:
 	@echo "make setup        create .venv and install stockade[dev] with constraints.txt"
@@ -43,6 +43,7 @@ help:
 	@echo "make test         setup, lint, then the default test suite (not slow)"
 	@echo "make lint         ruff check, ruff format --check, mypy, lint-imports"
 	@echo "make bench        setup, then the full storage pool benchmark"
+	@echo "make bench-e2e    setup, then the end-to-end benchmark against restic (installs restic)"
 	@echo "make lock         regenerate constraints.txt from a fresh venv"
 	@echo "make system-deps  apt-get install missing APT_PACKAGES (currently: $(or $(APT_PACKAGES),none))"
 	@echo "make clean        remove .venv and caches"
@@ -106,6 +107,11 @@ run: setup
 
 bench: setup
 	$(BIN)/python -m bench.pool_ingest
+
+# Server + agent over loopback against restic 0.14 (Debian) on the shared datasets.
+bench-e2e: setup
+	@$(MAKE) --no-print-directory system-deps APT_PACKAGES=restic
+	$(BIN)/python -m bench.e2e $(ARGS)
 
 # Resolves the newest versions allowed by pyproject.toml in a throw-away venv and pins them.
 lock:

@@ -180,7 +180,8 @@ class DataPlane:
             return json_error(400, f"missing-chunk query: {err}")
         known = [c for c in ids if c in s.allowed or c in s.uploaded]
         absent = set(await s.session.missing(known)) if known else set()
-        out = [c for c in dict.fromkeys(ids) if c in absent or c not in s.allowed | s.uploaded]
+        have = s.allowed | s.uploaded  # once, not per id: it holds the parent's chunks
+        out = [c for c in dict.fromkeys(ids) if c in absent or c not in have]
         return web.Response(body=b"".join(out), content_type="application/octet-stream")
 
     async def put_chunks(self, request: web.Request) -> web.Response:
