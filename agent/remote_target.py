@@ -11,8 +11,11 @@ Ordering: entries must reach the server in manifest order. ``add_entries_sync`` 
 them and sends full batches of ``entry_batch`` (1000) under a lock, so batches leave in
 the order the walker produced them; :meth:`RemoteTarget.flush_sync` (or
 :meth:`RemoteTarget.flush` on the loop) sends the tail before the commit. A chunk is
-always uploaded (``put_sync``) before an entry referencing it is added, because the
-walker adds an entry only after its chunks are put: the server refuses unknown chunks.
+always stored on the server before an entry referencing it is sent: ``put_sync`` starts
+uploads without waiting for them (at most ``MAX_INFLIGHT_BYTES`` in flight, so chunking
+and compressing overlap the server's verify-and-store), and every entry batch, flush and
+commit first waits until all uploads started before it have been answered. An upload
+that failed makes the next call raise, so nothing referencing it is ever sent.
 
 :meth:`RemoteTarget.cancel` cancels the requests in flight, so a worker waiting on a slow
 or retrying request wakes at once with :class:`TargetCancelledError` (as does every later
@@ -41,6 +44,8 @@ __all__ = ["ENTRY_BATCH", "PUT_BATCH_BYTES", "RemoteTarget", "TargetCancelledErr
 ENTRY_BATCH: Final = 1000
 # One chunks request carries at most this much; larger puts are split.
 PUT_BATCH_BYTES: Final = 32 * 1024 * 1024
+# Uploads started and not yet answered; a worker starting one more waits below this.
+MAX_INFLIGHT_BYTES: Final = 96 * 1024 * 1024
 
 T = TypeVar("T")
 
@@ -70,6 +75,10 @@ class RemoteTarget:
         self._stats_lock = threading.Lock()
         self._inflight: set[concurrent.futures.Future[Any]] = set()
         self._cancelled = False
+        self._puts = threading.Condition()
+        self._put_bytes = 0  # guarded by _puts
+        self._put_count = 0  # guarded by _puts
+        self._put_error: BaseException | None = None  # guarded by _puts
         self.put = PutResult()
         self.entries_sent = 0
         self.bytes_uploaded = 0
@@ -105,6 +114,8 @@ class RemoteTarget:
             inflight = list(self._inflight)
         for fut in inflight:
             fut.cancel()
+        with self._puts:
+            self._puts.notify_all()
 
     # ------------------------------------------------------------------ BackupTarget
 
@@ -114,31 +125,83 @@ class RemoteTarget:
         return self._wait(self.client.missing(self.session_id, list(dict.fromkeys(ids))))
 
     def put_sync(self, chunks: Sequence[EncodedChunk]) -> None:
-        """Upload ``chunks``; the server decodes and re-hashes every one."""
-        total = PutResult()
+        """Start uploading ``chunks`` (the server decodes and re-hashes every one); returns
+        once they are on their way, not stored: see the module docstring."""
         batch: list[bytes] = []
         size = 0
         for c in chunks:
             record = protocol.pack_record(c.id, c.frame)
             if batch and size + len(record) > PUT_BATCH_BYTES:
-                total.add(self._send_records(batch, size))
+                self._start_put(batch, size)
                 batch, size = [], 0
             batch.append(record)
             size += len(record)
         if batch:
-            total.add(self._send_records(batch, size))
+            self._start_put(batch, size)
 
-    def _send_records(self, records: list[bytes], size: int) -> PutResult:
-        counts = self._wait(self.client.put_chunks(self.session_id, b"".join(records)))
+    def _start_put(self, records: list[bytes], size: int) -> None:
+        with self._puts:
+            while self._put_count and self._put_bytes + size > MAX_INFLIGHT_BYTES:
+                self._raise_put_error()
+                self._puts.wait()
+            self._raise_put_error()
+            self._put_bytes += size
+            self._put_count += 1
+        if self._cancelled:
+            self._put_done(size, None, TargetCancelledError("cancelled"))
+            raise TargetCancelledError(f"backup session {self.session_id} was cancelled")
+        fut = asyncio.run_coroutine_threadsafe(
+            self.client.put_chunks(self.session_id, b"".join(records)), self._loop
+        )
+        with self._stats_lock:
+            self._inflight.add(fut)
+        fut.add_done_callback(lambda f: self._on_put(f, len(records), size))
+
+    def _on_put(self, fut: concurrent.futures.Future[Any], count: int, size: int) -> None:
+        with self._stats_lock:
+            self._inflight.discard(fut)
+        if fut.cancelled():
+            self._put_done(size, None, TargetCancelledError("cancelled"))
+            return
+        err = fut.exception()
+        if err is not None:
+            self._put_done(size, None, err)
+            return
+        counts = fut.result()
         result = PutResult(
-            chunks=counts.get("chunks", len(records)),
+            chunks=counts.get("chunks", count),
             new_chunks=counts.get("new_chunks", 0),
             new_stored_bytes=counts.get("new_stored_bytes", 0),
         )
-        with self._stats_lock:
-            self.put.add(result)
-            self.bytes_uploaded += size
-        return result
+        self._put_done(size, result, None)
+
+    def _put_done(self, size: int, result: PutResult | None, err: BaseException | None) -> None:
+        with self._puts:
+            self._put_bytes -= size
+            self._put_count -= 1
+            if err is not None and self._put_error is None:
+                self._put_error = err
+            self._puts.notify_all()
+        if result is not None:
+            with self._stats_lock:
+                self.put.add(result)
+                self.bytes_uploaded += size
+
+    def _raise_put_error(self) -> None:
+        """With ``_puts`` held: re-raise the first failed upload, in this thread."""
+        err = self._put_error
+        if err is None:
+            return
+        if isinstance(err, TargetCancelledError | concurrent.futures.CancelledError):
+            raise TargetCancelledError(f"backup session {self.session_id} was cancelled")
+        raise err
+
+    def wait_puts(self) -> None:
+        """Block until every upload started so far is answered; raise if one failed."""
+        with self._puts:
+            while self._put_count:
+                self._puts.wait()
+            self._raise_put_error()
 
     def add_entries_sync(self, entries: Sequence[Entry]) -> None:
         with self._entries_lock:
@@ -155,6 +218,7 @@ class RemoteTarget:
     def _send_entries_locked(self) -> None:
         if not self._pending:
             return
+        self.wait_puts()  # the server must hold every chunk these entries reference
         body = b"".join(self._pending)
         count = len(self._pending)
         self._pending = []
@@ -163,6 +227,7 @@ class RemoteTarget:
 
     async def flush(self) -> None:
         """Send the buffered entries (from the event loop; the walker must be done)."""
+        await asyncio.to_thread(self.wait_puts)
         with self._entries_lock:
             body = b"".join(self._pending)
             count = len(self._pending)

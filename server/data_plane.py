@@ -16,6 +16,7 @@ the next start re-adds (catalog.rebuild_from_pool runs at every start).
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import os
 import secrets
@@ -43,6 +44,7 @@ log = structlog.get_logger()
 MAX_BODY = 80 * 1024 * 1024
 MAX_ENTRIES_BODY = 64 * 1024 * 1024
 SESSION_IDLE_SECONDS = 3600.0
+RESTORE_READ_AHEAD = 16
 
 
 def json_error(status: int, message: str) -> web.Response:
@@ -301,14 +303,24 @@ class DataPlane:
         resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
         await resp.prepare(request)
         pool = self.ctx.pool
-        for cid in ids:
-            try:
-                frame = await pool.read_chunk_frame(cid)
-            except PoolError as err:
-                log.error("restore_chunk_unreadable", chunk=cid.hex(), error=str(err))
-                raise  # the truncated stream tells the agent; the log tells the operator
-            await resp.write(p.record_header(cid, len(frame)))
-            await resp.write(frame)
+        # One chunk is one file: on a cold cache each read is a random disk read, so keep
+        # several in flight while the response is written.
+        ahead: collections.deque[asyncio.Task[bytes]] = collections.deque()
+        pending = iter(ids)
+        try:
+            for cid in ids:
+                while len(ahead) < RESTORE_READ_AHEAD and (nxt := next(pending, None)):
+                    ahead.append(asyncio.ensure_future(pool.read_chunk_frame(nxt)))
+                try:
+                    frame = await ahead.popleft()
+                except PoolError as err:
+                    log.error("restore_chunk_unreadable", chunk=cid.hex(), error=str(err))
+                    raise  # the truncated stream tells the agent; the log tells the operator
+                await resp.write(p.record_header(cid, len(frame)))
+                await resp.write(frame)
+        finally:
+            for task in ahead:
+                task.cancel()
         await resp.write_eof()
         return resp
 

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from server.cli.client import segment
 from server.cli.cmdlet import Invocation
-from server.cli.errors import EXIT_FALSE, EXIT_OK, CliError
+from server.cli.errors import EXIT_FALSE, EXIT_OK, EXIT_UNREACHABLE, CliError
 from server.cli.render import ProgressLine, human_bytes, key_values, local_time, table
 from server.cli.resolve import expect_object
 
@@ -31,6 +31,7 @@ __all__ = [
 ]
 
 POLL_INTERVAL: Final = 0.5
+POLL_RETRY_SECONDS: Final = 30.0  # how long -Wait rides out an unreachable server
 SUCCEEDED_STATES: Final = frozenset({"succeeded", "succeeded_with_warnings"})
 TERMINAL_STATES: Final = SUCCEEDED_STATES | {"failed", "cancelled"}
 
@@ -111,6 +112,21 @@ def _get_job(inv: Invocation, job_id: str) -> Obj:
     return expect_object(inv.client.get(path), inv.client, f"GET {path}")
 
 
+def _poll(
+    inv: Invocation, job_id: str, clock: Callable[[], float], sleep: Callable[[float], None]
+) -> Obj:
+    """One poll, riding out a server that is briefly unreachable (a restart, a full
+    accept queue): the job lives on in the server, so waiting must not end on a blip."""
+    give_up = clock() + POLL_RETRY_SECONDS
+    while True:
+        try:
+            return _get_job(inv, job_id)
+        except CliError as err:
+            if err.exit_code != EXIT_UNREACHABLE or clock() >= give_up:
+                raise
+            sleep(POLL_INTERVAL)
+
+
 def wait_and_report(
     inv: Invocation,
     job: Obj,
@@ -137,7 +153,7 @@ def wait_and_report(
                 if deadline is None
                 else min(POLL_INTERVAL, max(0.0, deadline - clock()))
             )
-            job = _get_job(inv, job_id)
+            job = _poll(inv, job_id, clock, sleep)
     except KeyboardInterrupt:
         progress.clear()
         inv.note(f"stopped waiting; job {job_id} keeps running (Stop-Job -Id {job_id} cancels it)")
