@@ -45,7 +45,7 @@ ENTRY_BATCH: Final = 1000
 # One chunks request carries at most this much; larger puts are split.
 PUT_BATCH_BYTES: Final = 32 * 1024 * 1024
 # Uploads started and not yet answered; a worker starting one more waits below this.
-MAX_INFLIGHT_BYTES: Final = 96 * 1024 * 1024
+MAX_INFLIGHT_BYTES: Final = 48 * 1024 * 1024
 
 T = TypeVar("T")
 
