@@ -251,4 +251,3 @@ def _restore_stats(report: RestoreReport) -> dict[str, Any]:
         "failed": report.failed,
         "refused": report.refused,
     }
-
