@@ -125,7 +125,9 @@ class AgentTables(CatalogBase):
         """A new one-time registration token and its expiry (unix seconds)."""
         if not ttl_s > 0:
             raise CatalogValidationError(f"token lifetime must be positive, got {ttl_s!r}")
-        token = secrets.token_urlsafe(24)
+        # A prefix names what it is, and a token that began with '-' would be read as an
+        # option by `stockade-agent register --token T` (argparse) and by the CLI.
+        token = "sat_" + secrets.token_urlsafe(24)
         async with self._write() as tx:
             expires_at = tx.now + ttl_s
             await tx.run(

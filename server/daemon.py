@@ -87,15 +87,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _secret_file(path: Path, nbytes: int = 32) -> str:
-    """Read a secret kept in a 0600 file, creating it on first use."""
+def _secret_file(path: Path, nbytes: int = 32, prefix: str = "sk_") -> str:
+    """Read a secret kept in a 0600 file, creating it on first use. The prefix keeps it
+    from starting with '-', which command lines would take for an option."""
     try:
         text = path.read_text().strip()
         if text:
             return text
     except FileNotFoundError:
         pass
-    value = secrets.token_urlsafe(nbytes)
+    value = prefix + secrets.token_urlsafe(nbytes)
     write_file_atomic(path, value.encode() + b"\n", mode=0o600)
     return value
 
@@ -169,7 +170,7 @@ class Server:
             report = await catalog.rebuild_from_pool(await pool.list_recovery_points())
             log.info("catalog_ready", unfinished_jobs_failed=failed, rebuild=str(report))
 
-            token = await asyncio.to_thread(_secret_file, data_dir / "operator.token")
+            token = await asyncio.to_thread(_secret_file, data_dir / "operator.token", 32, "sot_")
             await asyncio.to_thread(_write_cli_config, config, token, ca_file)
             broker_secret = await asyncio.to_thread(_secret_file, data_dir / "broker.secret")
 

@@ -247,3 +247,12 @@ async def test_data_source_needs_a_live_agent(catalog: Catalog) -> None:
     await catalog.remove_agent(agent_id)
     with pytest.raises(InvalidStateError, match="is removed"):
         await catalog.add_data_source(agent_id, None, ["/srv"])
+
+
+async def test_tokens_never_start_with_a_dash(tmp_path: Path) -> None:
+    """Regression: a token_urlsafe token starting with '-' was read as an option by
+    `stockade-agent register --token T` (argparse), failing registration at random."""
+    async with opened(tmp_path / "catalog.sqlite") as catalog:
+        for _ in range(200):
+            token, _ = await catalog.create_agent_token(60)
+            assert token.startswith("sat_")
