@@ -1,14 +1,13 @@
 """Fixtures for the CLI tests: a clean environment, the fake API, and running ``main``."""
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from server.cli.main import main
+from tests.support.stack import CliResult
 from tests.unit.cli.fake_api import TOKEN, FakeApi, running_fake_api
 
 
@@ -27,14 +26,7 @@ def api() -> Iterator[FakeApi]:
         yield fake
 
 
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-    def json(self) -> Any:
-        return json.loads(self.out)
+Result = CliResult  # one CLI result shape for in-process and subprocess runs
 
 
 @dataclass

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -21,17 +20,6 @@ from server.catalog import (
 )
 from server.ids import AgentId
 from tests.unit.server.catalog_fixture import T0, FakeClock, opened
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-async def catalog(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Catalog]:
-    async with opened(tmp_path / "catalog.sqlite", clock) as cat:
-        yield cat
 
 
 async def _register(catalog: Catalog, hostname: str = "web01") -> tuple[AgentId, str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -20,17 +19,6 @@ from server.catalog import (
 )
 from server.ids import JobId
 from tests.unit.server.catalog_fixture import T0, FakeClock, opened
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-async def catalog(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Catalog]:
-    async with opened(tmp_path / "catalog.sqlite", clock) as cat:
-        yield cat
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -56,6 +57,15 @@ def event(w: World, mtype: str, job_id: str, **body: object) -> p.Message:
     return p.Message(mtype, w.agent_id, body, job_id=job_id, issued_at=w.clock.now)
 
 
+async def running_backup(w: World, ds: int = 0) -> Any:
+    """A backup of data source `ds`, dispatched to the online agent and accepted by it."""
+    job = await w.jobs.start_backup(w.ds_ids[ds])
+    await w.jobs.agent_state(w.agent_id, True, [])
+    await w.jobs.tick()
+    await w.jobs.agent_event(w.agent_id, event(w, p.EVENT_ACCEPTED, job.id))
+    return job
+
+
 async def test_job_waits_for_agent_then_fails_past_the_deadline(world: World) -> None:
     w = world
     job = await w.jobs.start_backup(w.ds_ids[0])
@@ -93,10 +103,7 @@ async def test_dispatch_signed_resend_accept_result_idempotent(world: World) -> 
 
 async def test_agent_restart_fails_its_lost_jobs(world: World) -> None:
     w = world
-    job = await w.jobs.start_backup(w.ds_ids[0])
-    await w.jobs.agent_state(w.agent_id, True, [])
-    await w.jobs.tick()
-    await w.jobs.agent_event(w.agent_id, event(w, p.EVENT_ACCEPTED, job.id))
+    job = await running_backup(w)
     await w.jobs.agent_state(w.agent_id, False, [])
     await w.jobs.agent_state(w.agent_id, True, [])  # back, but not running it any more
     job = await w.catalog.get_job(job.id)
@@ -105,10 +112,7 @@ async def test_agent_restart_fails_its_lost_jobs(world: World) -> None:
 
 async def test_running_job_of_a_vanished_agent_fails_after_the_wait(world: World) -> None:
     w = world
-    job = await w.jobs.start_backup(w.ds_ids[0])
-    await w.jobs.agent_state(w.agent_id, True, [])
-    await w.jobs.tick()
-    await w.jobs.agent_event(w.agent_id, event(w, p.EVENT_ACCEPTED, job.id))
+    job = await running_backup(w)
     await w.jobs.agent_state(w.agent_id, False, [])
     w.clock.now += 300
     await w.jobs.tick()
@@ -141,10 +145,7 @@ async def test_cancel_queued_and_running(world: World) -> None:
     w = world
     queued = await w.jobs.start_backup(w.ds_ids[0])
     assert (await w.jobs.cancel(queued.id)).state == "cancelled"
-    job = await w.jobs.start_backup(w.ds_ids[1])
-    await w.jobs.agent_state(w.agent_id, True, [])
-    await w.jobs.tick()
-    await w.jobs.agent_event(w.agent_id, event(w, p.EVENT_ACCEPTED, job.id))
+    job = await running_backup(w, 1)
     assert (await w.jobs.cancel(job.id)).state == "running"  # the agent stops it
     (cancel,) = w.sent.of(p.CMD_CANCEL)
     assert cancel.body == {"job_id": job.id} and cancel.check_signature(w.key)

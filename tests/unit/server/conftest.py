@@ -1,0 +1,22 @@
+"""Fixtures of the server unit tests: a catalog on a real SQLite file with a fake clock."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from server.catalog import Catalog
+from tests.unit.server.catalog_fixture import FakeClock, opened
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+async def catalog(tmp_path: Path, clock: FakeClock) -> AsyncIterator[Catalog]:
+    async with opened(tmp_path / "catalog.sqlite", clock) as cat:
+        yield cat
