@@ -18,16 +18,13 @@ from server.catalog_errors import (
 )
 from server.context import CTX_KEY, ServerContext
 from server.data_plane import MAX_BODY, DataPlane
+from server.http_json import error_response
 from server.operator_api import routes as operator_routes
 from storage_pool.errors import RecoveryPointNotFoundError
 
 log = structlog.get_logger()
 
 DATA_PLANE_KEY = web.AppKey("stockade_data_plane", DataPlane)
-
-
-def _json_error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
 
 
 @web.middleware
@@ -42,26 +39,26 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         try:
             json.loads(text)
         except ValueError:
-            return _json_error(exc.status, text)
+            return error_response(exc.status, text)
         return web.Response(status=exc.status, text=text, content_type="application/json")
     except NotFoundError as err:
-        return _json_error(404, str(err))
+        return error_response(404, str(err))
     except RecoveryPointNotFoundError as err:
-        return _json_error(404, str(err))
+        return error_response(404, str(err))
     except (ConflictError, InvalidStateError) as err:
-        return _json_error(409, str(err))
+        return error_response(409, str(err))
     except TokenError as err:
-        return _json_error(403, str(err))
+        return error_response(403, str(err))
     except (CatalogValidationError, ValueError) as err:
-        return _json_error(400, str(err))
+        return error_response(400, str(err))
     except CatalogError as err:
         log.error("catalog_error", path=request.path, error=str(err))
-        return _json_error(500, str(err))
+        return error_response(500, str(err))
     except (ConnectionResetError, TimeoutError):
         raise
     except Exception as err:
         log.exception("request_failed", path=request.path, method=request.method)
-        return _json_error(500, f"internal error: {type(err).__name__}: {err}")
+        return error_response(500, f"internal error: {type(err).__name__}: {err}")
 
 
 def make_app(ctx: ServerContext) -> web.Application:

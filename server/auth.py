@@ -18,6 +18,7 @@ from aiohttp import web
 from agent import protocol as p
 from server.catalog import AgentRow
 from server.context import CTX_KEY
+from server.http_json import http_error
 
 log = structlog.get_logger()
 
@@ -28,10 +29,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _unauthorized(message: str) -> web.HTTPUnauthorized:
-    return web.HTTPUnauthorized(
-        text=f'{{"error": "{message}"}}',
-        content_type="application/json",
-        headers={"WWW-Authenticate": 'Bearer realm="stockade"'},
+    return http_error(
+        web.HTTPUnauthorized, message, headers={"WWW-Authenticate": 'Bearer realm="stockade"'}
     )
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import json
 import os
 import secrets
 import time
@@ -34,6 +33,7 @@ from server.auth import AGENT_KEY
 from server.catalog import JobState, recovery_point_labels
 from server.catalog_errors import CatalogError
 from server.context import ServerContext
+from server.http_json import error_response, http_error, read_object
 from storage_pool import Entry, EntryType, RecoveryPoint, Session, framing
 from storage_pool.errors import IntegrityError, PoolError, SessionError
 from storage_pool.ids import ChunkId
@@ -45,10 +45,6 @@ MAX_BODY = 80 * 1024 * 1024
 MAX_ENTRIES_BODY = 64 * 1024 * 1024
 SESSION_IDLE_SECONDS = 3600.0
 RESTORE_READ_AHEAD = 16
-
-
-def json_error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
 
 
 @dataclass(slots=True)
@@ -116,33 +112,33 @@ class DataPlane:
         try:
             job = await self.ctx.catalog.get_job(job_id)
         except CatalogError as err:
-            raise web.HTTPNotFound(text=_err(f"job {job_id} not found")) from err
+            raise http_error(web.HTTPNotFound, f"job {job_id} not found") from err
         if job.agent_id != agent.id or job.kind != kind:
-            raise web.HTTPForbidden(text=_err(f"job {job_id} is not a {kind} job of this agent"))
+            raise http_error(web.HTTPForbidden, f"job {job_id} is not a {kind} job of this agent")
         if job.state == JobState.QUEUED:
             # The agent's first data-plane call can overtake its MQTT "accepted" event;
             # the call itself proves the agent took the job.
             job = await self.ctx.catalog.transition_job(job.id, JobState.RUNNING)
             log.info("job_started", job_id=job.id, agent_id=agent.id, via="data_plane")
         if job.state != JobState.RUNNING:
-            raise web.HTTPConflict(text=_err(f"job {job_id} is {job.state}, not running"))
+            raise http_error(web.HTTPConflict, f"job {job_id} is {job.state}, not running")
         return job
 
     def _session(self, request: web.Request) -> BackupSession:
         sid = request.match_info["sid"]
         s = self.sessions.get(sid)
         if s is None or s.agent_id != request[AGENT_KEY].id:
-            raise web.HTTPNotFound(text=_err(f"backup session {sid} not found (ended or aborted)"))
+            raise http_error(web.HTTPNotFound, f"backup session {sid} not found (ended or aborted)")
         s.last_used = time.monotonic()
         return s
 
     # -- backup ----------------------------------------------------------------
 
     async def open_session(self, request: web.Request) -> web.Response:
-        body = await _json(request)
+        body = await read_object(request)
         job_id = body.get("job_id")
         if not isinstance(job_id, str):
-            return json_error(400, "field 'job_id' must be a string")
+            return error_response(400, "field 'job_id' must be a string")
         job = await self._running_job(request, job_id, "backup")
         self.abort_for_job(job.id)  # a retried open replaces the old session
         pool = self.ctx.pool
@@ -179,11 +175,12 @@ class DataPlane:
         try:
             ids = [ChunkId(c) for c in p.iter_id_list(await request.read())]
         except p.ProtocolError as err:
-            return json_error(400, f"missing-chunk query: {err}")
-        known = [c for c in ids if c in s.allowed or c in s.uploaded]
+            return error_response(400, f"missing-chunk query: {err}")
+        # Membership tests only: a union of the parent's chunk set per call would copy it.
+        known = [c for c in dict.fromkeys(ids) if c in s.allowed or c in s.uploaded]
         absent = set(await s.session.missing(known)) if known else set()
-        have = s.allowed | s.uploaded  # once, not per id: it holds the parent's chunks
-        out = [c for c in dict.fromkeys(ids) if c in absent or c not in have]
+        known_set = set(known)
+        out = [c for c in dict.fromkeys(ids) if c in absent or c not in known_set]
         return web.Response(body=b"".join(out), content_type="application/octet-stream")
 
     async def put_chunks(self, request: web.Request) -> web.Response:
@@ -195,15 +192,15 @@ class DataPlane:
                 _, size, _ = framing.read_header(frame)
                 chunks.append(framing.EncodedChunk(ChunkId(cid), bytes(frame), size))
         except (p.ProtocolError, framing.FrameError) as err:
-            return json_error(400, f"chunk upload: {err}")
+            return error_response(400, f"chunk upload: {err}")
         try:
             result = await s.session.put(chunks, verify=True)
         except IntegrityError as err:
             log.warning("chunk_rejected", job_id=s.job_id, agent_id=s.agent_id, error=str(err))
-            return json_error(422, f"chunk rejected: {err}")
+            return error_response(422, f"chunk rejected: {err}")
         except PoolError as err:
             log.error("chunk_store_failed", job_id=s.job_id, error=str(err))
-            return json_error(507, f"storing chunks failed: {err}")
+            return error_response(507, f"storing chunks failed: {err}")
         s.uploaded.update(c.id for c in chunks)
         return web.json_response(
             {
@@ -225,17 +222,17 @@ class DataPlane:
             for doc in unpacker:
                 entries.append(entry_from_wire(doc))
         except (ValueError, msgpack.UnpackException) as err:
-            return json_error(400, f"manifest entries: {err}")
+            return error_response(400, f"manifest entries: {err}")
         async with s.lock:  # entries must arrive in order; one batch at a time
             try:
                 await s.session.add_entries(entries)
             except SessionError as err:
-                return json_error(400, f"manifest entries: {err}")
+                return error_response(400, f"manifest entries: {err}")
         return web.json_response({"entries": len(entries)})
 
     async def commit(self, request: web.Request) -> web.Response:
         s = self._session(request)
-        body = await _json(request)
+        body = await read_object(request)
         job = await self._running_job(request, s.job_id, "backup")
         ds = await self.ctx.catalog.get_data_source(s.data_source_id)
         labels = recovery_point_labels(request[AGENT_KEY], ds, job.id)
@@ -246,7 +243,7 @@ class DataPlane:
             try:
                 rp = await s.session.commit(labels)
             except (SessionError, PoolError) as err:
-                return json_error(400, f"commit: {err}")
+                return error_response(400, f"commit: {err}")
             finally:
                 self.sessions.pop(s.id, None)
         await self.ctx.catalog.add_recovery_point(rp)
@@ -294,10 +291,10 @@ class DataPlane:
         try:
             ids = [ChunkId(c) for c in p.iter_id_list(await request.read())]
         except p.ProtocolError as err:
-            return json_error(400, f"chunk request: {err}")
+            return error_response(400, f"chunk request: {err}")
         foreign = [c for c in ids if c not in view.chunks]
         if foreign:
-            return json_error(
+            return error_response(
                 403, f"chunk {foreign[0].hex()} is not part of this restore's recovery point"
             )
         resp = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
@@ -336,20 +333,6 @@ class DataPlane:
             web.get(f"{base}/restores/{{job_id}}/entries", self.restore_entries),
             web.post(f"{base}/restores/{{job_id}}/chunks", self.restore_chunks),
         ]
-
-
-def _err(message: str) -> str:
-    return json.dumps({"error": message})
-
-
-async def _json(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except ValueError as err:
-        raise web.HTTPBadRequest(text=_err(f"request body is not JSON: {err}")) from err
-    if not isinstance(body, dict):
-        raise web.HTTPBadRequest(text=_err("request body must be a JSON object"))
-    return body
 
 
 def _chunks_of(entries: Iterator[Entry]) -> set[ChunkId]:

@@ -15,6 +15,7 @@ from server import __version__
 from server.catalog import JobState
 from server.catalog_errors import CatalogError
 from server.context import CTX_KEY, ServerContext
+from server.http_json import error_response, read_object
 from storage_pool import EntryType
 from storage_pool.errors import RecoveryPointNotFoundError
 
@@ -25,24 +26,8 @@ def _ctx(request: web.Request) -> ServerContext:
     return request.app[CTX_KEY]
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
-    if not request.can_read_body:
-        return {}
-    try:
-        body = await request.json()
-    except ValueError as err:
-        raise web.HTTPBadRequest(
-            text=f'{{"error": "request body is not JSON: {err}"}}', content_type="application/json"
-        ) from err
-    if not isinstance(body, dict):
-        raise web.HTTPBadRequest(
-            text='{"error": "request body must be a JSON object"}', content_type="application/json"
-        )
-    return body
-
-
 def bad(message: str) -> web.Response:
-    return web.json_response({"error": message}, status=400)
+    return error_response(400, message)
 
 
 def _str_list(value: Any, what: str) -> list[str]:
@@ -131,7 +116,7 @@ async def health(request: web.Request) -> web.Response:
 
 async def new_agent_token(request: web.Request) -> web.Response:
     ctx = _ctx(request)
-    body = await _body(request)
+    body = await read_object(request, empty_ok=True)
     ttl = body.get("ttl_minutes", ctx.config.agents.token_ttl_minutes)
     if not isinstance(ttl, int) or isinstance(ttl, bool) or not 1 <= ttl <= 10080:
         return bad("ttl_minutes must be an integer from 1 to 10080")
@@ -142,7 +127,7 @@ async def new_agent_token(request: web.Request) -> web.Response:
 
 async def register(request: web.Request) -> web.Response:
     ctx = _ctx(request)
-    body = await _body(request)
+    body = await read_object(request, empty_ok=True)
     token = body.get("token")
     hostname = body.get("hostname") or ""
     name = body.get("name") or hostname
@@ -198,16 +183,16 @@ async def list_data_sources(request: web.Request) -> web.Response:
     ctx = _ctx(request)
     agent_ref = request.query.get("agent")
     agent_id = (await ctx.catalog.get_agent(agent_ref)).id if agent_ref else None
-    out = []
-    for d in await ctx.catalog.list_data_sources(agent_id=agent_id):
-        rps = await ctx.catalog.list_recovery_points(data_source_id=d.id)
-        out.append(data_source_json(d, rps))
-    return web.json_response(out)
+    by_source: dict[str, list[Any]] = {}
+    for rp in await ctx.catalog.list_recovery_points(agent_id=agent_id):  # one query, not N
+        by_source.setdefault(rp.data_source_id, []).append(rp)
+    sources = await ctx.catalog.list_data_sources(agent_id=agent_id)
+    return web.json_response([data_source_json(d, by_source.get(d.id)) for d in sources])
 
 
 async def add_data_source(request: web.Request) -> web.Response:
     ctx = _ctx(request)
-    body = await _body(request)
+    body = await read_object(request, empty_ok=True)
     agent_ref = body.get("agent")
     if not isinstance(agent_ref, str):
         return bad("field 'agent' (agent name or id) is required")
@@ -237,7 +222,7 @@ async def remove_data_source(request: web.Request) -> web.Response:
 
 async def start_backup(request: web.Request) -> web.Response:
     ctx = _ctx(request)
-    body = await _body(request)
+    body = await read_object(request, empty_ok=True)
     ref = body.get("data_source")
     if not isinstance(ref, str):
         return bad("field 'data_source' (id or agent:name) is required")
@@ -248,7 +233,7 @@ async def start_backup(request: web.Request) -> web.Response:
 
 async def start_restore(request: web.Request) -> web.Response:
     ctx = _ctx(request)
-    body = await _body(request)
+    body = await read_object(request, empty_ok=True)
     rp_id = body.get("rp_id")
     if not isinstance(rp_id, str):
         return bad("field 'rp_id' is required")
