@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from storage_pool import PoolConfig, StoragePool
@@ -51,3 +53,14 @@ class PoolOpener:
         for path in self._created:
             await asyncio.to_thread(shutil.rmtree, path, ignore_errors=True)
         self._created.clear()
+
+
+@asynccontextmanager
+async def opened_pools(base: Path) -> AsyncIterator[PoolOpener]:
+    """A `PoolOpener` under `base` whose pools are closed and deleted on the way out."""
+    opener = PoolOpener(base)
+    try:
+        yield opener
+    finally:
+        await opener.close_all()
+        await opener.remove_all()
