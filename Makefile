@@ -35,15 +35,26 @@ if [ -z "$$py" ]; then \
 fi
 endef
 
-.PHONY: help setup system-deps lint test run bench bench-e2e lock clean
+.PHONY: help setup system-deps test-tools lint test test-slow run bench bench-e2e bench-online lock clean
+
+# Test doubles of the cloud services, kept out of .venv (tests/support/azurite.py, moto.py):
+# Azurite from npm into .tools/azurite; moto server in its own venv, because installed next
+# to aiobotocore it would move botocore off aiobotocore's exact pin.
+TOOLS := .tools
+AZURITE_VERSION := 3.35.0
+MOTO_PINS := moto[s3]==5.2.5 flask==3.1.3 flask-cors==6.0.5
+TOOLS_STAMP := $(TOOLS)/.stamp-azurite-$(AZURITE_VERSION)-moto-5.2.5
 
 help:
 	@echo "make setup        create .venv and install stockade[dev] with constraints.txt"
 	@echo "make run          setup, then start stockade-server with embedded defaults"
 	@echo "make test         setup, lint, then the default test suite (not slow)"
+	@echo "make test-slow    the slow tests only (soaks, every backend in the vault tamper suite)"
 	@echo "make lint         ruff check, ruff format --check, mypy, lint-imports"
+	@echo "make test-tools   install Azurite (npm) and moto server (own venv) into .tools/"
 	@echo "make bench        setup, then the full storage pool benchmark"
 	@echo "make bench-e2e    setup, then the end-to-end benchmark against restic (installs restic)"
+	@echo "make bench-online setup and test-tools, then the online backup benchmark (folder, Azurite, moto)"
 	@echo "make lock         regenerate constraints.txt from a fresh venv"
 	@echo "make system-deps  apt-get install missing APT_PACKAGES (currently: $(or $(APT_PACKAGES),none))"
 	@echo "make clean        remove .venv and caches"
@@ -97,8 +108,40 @@ lint: setup
 	$(BIN)/mypy server agent storage_pool bench tests
 	$(BIN)/lint-imports
 
-test: lint
+test: lint test-tools
 	$(BIN)/pytest -m "not slow"
+
+test-slow: setup test-tools
+	$(BIN)/pytest -m slow
+
+test-tools: $(TOOLS_STAMP)
+
+$(TOOLS_STAMP):
+	@command -v npm >/dev/null 2>&1 || \
+		$(MAKE) --no-print-directory system-deps APT_PACKAGES="nodejs npm" || true
+	@if ! command -v npm >/dev/null 2>&1; then \
+		echo "error: npm is required to install Azurite (the Azure Storage emulator) for the tests." >&2; \
+		echo "  On Debian/Ubuntu: apt-get install npm (or install Node.js 18+ with npm), then rerun make" >&2; \
+		exit 1; \
+	fi
+	@mkdir -p $(TOOLS)
+	@echo "installing azurite@$(AZURITE_VERSION) into $(TOOLS)/azurite"
+	@if ! npm install --prefix $(TOOLS)/azurite --no-audit --no-fund --loglevel=error \
+			azurite@$(AZURITE_VERSION) >/dev/null; then \
+		echo "error: npm install azurite@$(AZURITE_VERSION) failed (see above)" >&2; exit 1; \
+	fi
+	@$(find_python); \
+	if [ ! -x $(TOOLS)/moto-venv/bin/python ]; then \
+		rm -rf $(TOOLS)/moto-venv; \
+		if ! "$$py" -m venv $(TOOLS)/moto-venv; then \
+			rm -rf $(TOOLS)/moto-venv; \
+			echo "error: '$$py -m venv' failed: install the apt package python3-venv, then rerun make" >&2; \
+			exit 1; \
+		fi; \
+	fi
+	@echo "installing $(MOTO_PINS) into $(TOOLS)/moto-venv"
+	@$(TOOLS)/moto-venv/bin/python -m pip --disable-pip-version-check --no-input install -q $(MOTO_PINS)
+	@touch $@
 
 # The server with embedded defaults: data dir /var/lib/stockade (root) or
 # ~/.local/share/stockade, its own Mosquitto on 8883, HTTPS on 8443. Extra flags: ARGS=...
@@ -112,6 +155,10 @@ bench: setup
 bench-e2e: setup
 	@$(MAKE) --no-print-directory system-deps APT_PACKAGES=restic
 	$(BIN)/python -m bench.e2e $(ARGS)
+
+# Online backup (copy to a vault, plain upload, restore from the vault) on 2 GiB mixed.
+bench-online: setup test-tools
+	$(BIN)/python -m bench.online $(ARGS)
 
 # Resolves the newest versions allowed by pyproject.toml in a throw-away venv and pins them.
 lock:
@@ -132,5 +179,5 @@ lock:
 	echo "constraints.txt updated; review with: git diff constraints.txt"
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .import_linter_cache
+	rm -rf $(VENV) $(TOOLS) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache .import_linter_cache
 	find . -path ./.git -prune -o -type d -name __pycache__ -exec rm -rf {} +

@@ -73,7 +73,9 @@ class AgentJobRunner:
         try:
             info = await self._client.open_session(ctx.job_id)
         except DataPlaneError as err:
-            return JobOutcome("failed", error=f"cannot open a backup session: {err}")
+            return JobOutcome(
+                "failed", error=f"cannot open a backup session: {err}", retryable=err.transient
+            )
         target = RemoteTarget(self._client, info.session_id, asyncio.get_running_loop())
         ctx.on_cancel(target.cancel)
         try:
@@ -91,7 +93,11 @@ class AgentJobRunner:
             if ctx.cancel_flag.is_set():  # a call failed because the cancel cut it short
                 return JobOutcome("cancelled", error="cancelled by the server")
             log.warning("backup_failed", error=str(err), error_type=type(err).__name__)
-            return JobOutcome("failed", error=str(err) or type(err).__name__)
+            return JobOutcome(
+                "failed",
+                error=str(err) or type(err).__name__,
+                retryable=isinstance(err, DataPlaneError) and err.transient,
+            )
         with contextlib.suppress(Exception):
             await asyncio.to_thread(self._replace_cache, info.data_source_id, rp_id, kept)
         result = _backup_stats(stats, target)
@@ -206,7 +212,7 @@ class AgentJobRunner:
             stats = _restore_stats(err.report) if err.report else {}
             return JobOutcome("failed", error=str(err), stats=stats)
         if isinstance(err, DataPlaneError):
-            return JobOutcome("failed", error=str(err))
+            return JobOutcome("failed", error=str(err), retryable=err.transient)
         if err is not None:
             raise err
         report = work.result()

@@ -10,7 +10,8 @@ Flow of one ``cmd.backup`` / ``cmd.restore``:
    re-send) and is dropped (``command_duplicate``): it never runs twice.
 3. ``event.accepted`` is published, the job runs as a task, ``event.progress`` follows at
    most ~2/s; at the end the ledger records the final status, then ``event.result``
-   ``{status, error, warnings, warning_samples (first 20), stats}`` is published.
+   ``{status, error, warnings, warning_samples (first 20), stats, retryable}`` is published
+   (``retryable``: the failure is transient, e.g. the server was unreachable).
 
 ``cmd.cancel {job_id}`` asks a running job to stop: its :class:`JobContext` cancel flag is
 set (the walker checks it between objects), the callbacks registered with
@@ -78,6 +79,9 @@ class JobOutcome:
     warnings: list[str] = field(default_factory=list)
     warnings_total: int | None = None  # when more happened than `warnings` holds
     stats: dict[str, Any] = field(default_factory=dict)
+    # A failure that may well not happen again (the server was unreachable): the server's
+    # scheduler retries such a job; others fail for good with their reason.
+    retryable: bool = False
 
     def body(self) -> dict[str, Any]:
         total = self.warnings_total if self.warnings_total is not None else len(self.warnings)
@@ -87,6 +91,7 @@ class JobOutcome:
             "warnings": total,
             "warning_samples": self.warnings[:WARNING_SAMPLES],
             "stats": self.stats,
+            "retryable": self.retryable,
         }
 
 
@@ -269,7 +274,7 @@ class JobManager:
             if job_id in self._running:
                 continue
             log.warning("job_interrupted", job_id=job_id, kind=rec.kind)
-            outcome = JobOutcome("failed", error="the agent stopped during the job")
+            outcome = JobOutcome("failed", error="the agent stopped during the job", retryable=True)
             await self._events.publish_event(
                 protocol.EVENT_RESULT, outcome.body(), job_id=job_id, keep=True
             )

@@ -8,12 +8,14 @@ import structlog
 from aiohttp import web
 
 from server.auth import Handler, auth_middleware
+from server.capacity import InsufficientStorageError
 from server.catalog_errors import (
     CatalogError,
     CatalogValidationError,
     ConflictError,
     InvalidStateError,
     NotFoundError,
+    SecurityPinError,
     TokenError,
 )
 from server.context import CTX_KEY, ServerContext
@@ -47,8 +49,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(404, str(err))
     except (ConflictError, InvalidStateError) as err:
         return error_response(409, str(err))
-    except TokenError as err:
+    except (TokenError, SecurityPinError) as err:
         return error_response(403, str(err))
+    except InsufficientStorageError as err:
+        return error_response(507, str(err))
     except (CatalogValidationError, ValueError) as err:
         return error_response(400, str(err))
     except CatalogError as err:

@@ -1,4 +1,5 @@
-"""The server's catalog: agents, data sources, jobs and recovery points in SQLite.
+"""The server's catalog: agents, data sources, protection groups, jobs, recovery points,
+alerts and security PINs in SQLite.
 
 Usage::
 
@@ -27,26 +28,36 @@ Contracts:
 
 The code is split by table: catalog_base.py (connection, pragmas, migrations,
 transactions), catalog_schema.py (SQL), catalog_agents.py, catalog_sources.py,
-catalog_jobs.py, catalog_recovery.py (RPs and rebuild).
+catalog_groups.py (protection groups, membership, schedule state), catalog_jobs.py,
+catalog_recovery.py (RPs and rebuild), catalog_retention.py (what pruning reads),
+catalog_alerts.py, catalog_pins.py (security PINs) and catalog_online.py (online RPs).
 """
 
 from __future__ import annotations
 
 from server.catalog_agents import AgentTables
+from server.catalog_alerts import AlertTables
 from server.catalog_errors import (
     CatalogError,
     CatalogValidationError,
     ConflictError,
     InvalidStateError,
     NotFoundError,
+    SecurityPinError,
     TokenError,
 )
+from server.catalog_groups import GroupTables, ProtectedSource, ProtectionGroupRow
 from server.catalog_jobs import JobTables
+from server.catalog_online import OnlineRecoveryPointRow, OnlineTables
+from server.catalog_pins import PinTables
 from server.catalog_recovery import RecoveryPointTables, recovery_point_labels
+from server.catalog_retention import RetentionTables
 from server.catalog_rows import (
     ACTIVE_STATES,
     FINAL_STATES,
     AgentRow,
+    AlertRow,
+    AlertSeverity,
     DataSourceRow,
     JobKind,
     JobRow,
@@ -60,6 +71,8 @@ __all__ = [
     "ACTIVE_STATES",
     "FINAL_STATES",
     "AgentRow",
+    "AlertRow",
+    "AlertSeverity",
     "Catalog",
     "CatalogError",
     "CatalogValidationError",
@@ -70,13 +83,27 @@ __all__ = [
     "JobRow",
     "JobState",
     "NotFoundError",
+    "OnlineRecoveryPointRow",
+    "ProtectedSource",
+    "ProtectionGroupRow",
     "RebuildReport",
     "RecoveryPointRow",
+    "SecurityPinError",
     "TokenError",
     "recovery_point_labels",
 ]
 
 
-class Catalog(AgentTables, DataSourceTables, JobTables, RecoveryPointTables):
+class Catalog(
+    AgentTables,
+    AlertTables,
+    DataSourceTables,
+    GroupTables,
+    JobTables,
+    OnlineTables,
+    PinTables,
+    RecoveryPointTables,
+    RetentionTables,
+):
     """The server catalog. Open with ``await Catalog.open(path, clock=...)``; close with
     ``await catalog.close()`` or ``async with``."""

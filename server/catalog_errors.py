@@ -8,6 +8,8 @@ What the caller does with each:
 * `InvalidStateError`: the object exists but the operation does not fit its state, such as
   an illegal job transition or a job for a removed agent (409).
 * `CatalogValidationError`: bad input such as a relative path in a data source spec (400).
+* `SecurityPinError`: a destructive operation without a valid security PIN (403, CLI exit
+  2); `reason` is "missing", "wrong" (unknown or already used) or "expired".
 * `CatalogError` itself: the catalog file cannot be opened, is not a catalog, is newer than
   this code, or SQLite failed. Permanent until an operator acts.
 """
@@ -22,6 +24,8 @@ __all__ = [
     "ConflictError",
     "InvalidStateError",
     "NotFoundError",
+    "PinFailure",
+    "SecurityPinError",
     "TokenError",
     "TokenFailure",
 ]
@@ -66,3 +70,15 @@ class TokenError(CatalogError):
     def __init__(self, reason: TokenFailure, message: str) -> None:
         super().__init__(message)
         self.reason: TokenFailure = reason
+
+
+PinFailure = Literal["missing", "wrong", "expired"]
+
+
+class SecurityPinError(CatalogError):
+    """A security PIN was refused; `reason` is "missing", "wrong" or "expired". Nothing
+    was changed by the operation that asked for it."""
+
+    def __init__(self, reason: PinFailure, message: str) -> None:
+        super().__init__(message)
+        self.reason: PinFailure = reason

@@ -28,9 +28,11 @@ from server.catalog_rows import (
     FINAL_STATES,
     JOB_COLUMNS,
     NEXT_STATES,
+    SERVER_JOB_KINDS,
     JobKind,
     JobRow,
     JobState,
+    JobTrigger,
     job_from_row,
     to_json,
 )
@@ -67,6 +69,10 @@ class JobTables(CatalogBase):
         agent_id: AgentId,
         data_source_id: DataSourceId | None,
         params: Mapping[str, Any],
+        *,
+        trigger: JobTrigger = JobTrigger.MANUAL,
+        attempt: int = 1,
+        scheduled_for: float | None = None,
     ) -> JobRow:
         """A queued job. A backup needs a data source of that agent that is not removed and
         has no other backup queued or running (ConflictError); a restore's data source, if
@@ -92,8 +98,19 @@ class JobTables(CatalogBase):
             try:
                 await tx.run(
                     f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES"
-                    " (?, ?, 'queued', ?, ?, ?, '{}', NULL, NULL, 0, ?, NULL, NULL, ?)",
-                    (job_id, kind.value, agent_id, data_source_id, params_json, tx.now, tx.now),
+                    " (?, ?, 'queued', ?, ?, ?, '{}', NULL, NULL, 0, ?, NULL, NULL, ?, ?, ?, ?, 0)",
+                    (
+                        job_id,
+                        kind.value,
+                        agent_id,
+                        data_source_id,
+                        params_json,
+                        tx.now,
+                        tx.now,
+                        JobTrigger(trigger).value,
+                        attempt,
+                        scheduled_for,
+                    ),
                 )
             except sqlite3.IntegrityError as err:
                 # Another process won the race between the check above and this insert.
@@ -103,6 +120,102 @@ class JobTables(CatalogBase):
             job = await _job(tx, job_id)
         log.info("job_created", job_id=job_id, kind=kind.value, agent_id=agent_id)
         return job
+
+    async def create_server_job(
+        self,
+        kind: JobKind,
+        params: Mapping[str, Any],
+        trigger: JobTrigger = JobTrigger.MAINTENANCE,
+        data_source_id: DataSourceId | None = None,
+        *,
+        attempt: int = 1,
+        scheduled_for: float | None = None,
+    ) -> JobRow:
+        """A queued job the server runs itself (prune, gc, verify, online backup): no
+        agent; a data source for an online backup. The caller moves it through its states
+        with `transition_job`."""
+        kind = JobKind(kind)
+        if kind not in SERVER_JOB_KINDS:
+            raise InvalidStateError("job", kind.value, f"{kind.value} jobs run on an agent")
+        params_json = to_json(params, "job params")
+        job_id = new_job_id()
+        async with self._write() as tx:
+            if data_source_id is not None and not await tx.one(
+                "SELECT 1 FROM data_sources WHERE id = ?", (data_source_id,)
+            ):
+                raise NotFoundError("data source", data_source_id)
+            await tx.run(
+                f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES"
+                " (?, ?, 'queued', NULL, ?, ?, '{}', NULL, NULL, 0, ?, NULL, NULL, ?, ?, ?,"
+                " ?, 0)",
+                (
+                    job_id,
+                    kind.value,
+                    data_source_id,
+                    params_json,
+                    tx.now,
+                    tx.now,
+                    JobTrigger(trigger).value,
+                    attempt,
+                    scheduled_for,
+                ),
+            )
+            job = await _job(tx, job_id)
+        log.info("job_created", job_id=job_id, kind=kind.value, trigger=JobTrigger(trigger).value)
+        return job
+
+    async def record_refused_job(
+        self,
+        kind: JobKind,
+        agent_id: AgentId,
+        data_source_id: DataSourceId | None,
+        params: Mapping[str, Any],
+        error: str,
+        *,
+        trigger: JobTrigger,
+        attempt: int = 1,
+        scheduled_for: float | None = None,
+    ) -> JobRow:
+        """A job that failed before it could start (the pool is under its reserve): stored
+        directly as failed, never queued, so nothing can dispatch it, and `Get-Job` shows
+        the reason."""
+        kind = JobKind(kind)
+        params_json = to_json(params, "job params")
+        job_id = new_job_id()
+        async with self._write() as tx:
+            await tx.run(
+                f"INSERT INTO jobs ({JOB_COLUMNS}) VALUES"
+                " (?, ?, 'failed', ?, ?, ?, '{}', NULL, ?, 0, ?, NULL, ?, ?, ?, ?, ?, 0)",
+                (
+                    job_id,
+                    kind.value,
+                    agent_id,
+                    data_source_id,
+                    params_json,
+                    error,
+                    tx.now,
+                    tx.now,
+                    tx.now,
+                    JobTrigger(trigger).value,
+                    attempt,
+                    scheduled_for,
+                ),
+            )
+            job = await _job(tx, job_id)
+        log.info("job_refused", job_id=job_id, kind=kind.value, error=error)
+        return job
+
+    async def latest_backup_jobs(self) -> dict[DataSourceId, JobRow]:
+        """Each data source's newest backup job, whatever its state."""
+        async with self._read() as tx:
+            rows = await tx.all(
+                f"SELECT {JOB_COLUMNS} FROM jobs j WHERE kind = 'backup' AND rowid = ("
+                " SELECT rowid FROM jobs k WHERE k.kind = 'backup'"
+                " AND k.data_source_id = j.data_source_id"
+                " ORDER BY k.created_at DESC, k.rowid DESC LIMIT 1)"
+            )
+        jobs = [job_from_row(r) for r in rows]
+        return {j.data_source_id: j for j in jobs if j.data_source_id is not None}
 
     @staticmethod
     async def _check_backup_source(
@@ -138,8 +251,10 @@ class JobTables(CatalogBase):
         error: str | None = None,
         result: Mapping[str, Any] | None = None,
         warnings: int | None = None,
+        retryable: bool | None = None,
     ) -> JobRow:
-        """Move the job to `new_state`; see the module docstring for duplicates."""
+        """Move the job to `new_state`; see the module docstring for duplicates.
+        `retryable` marks a failure as transient (the scheduler may try again)."""
         new_state = JobState(new_state)
         result_json = None if result is None else to_json(result, "job result")
         async with self._write() as tx:
@@ -164,7 +279,8 @@ class JobTables(CatalogBase):
                 " started_at = CASE WHEN :state = 'running' THEN :now ELSE started_at END,"
                 " ended_at = CASE WHEN :final THEN :now ELSE ended_at END,"
                 " error = coalesce(:error, error), result = coalesce(:result, result),"
-                " warnings = coalesce(:warnings, warnings), updated_at = :now"
+                " warnings = coalesce(:warnings, warnings), updated_at = :now,"
+                " retryable = coalesce(:retryable, retryable)"
                 " WHERE id = :id",
                 {
                     "state": new_state.value,
@@ -173,6 +289,7 @@ class JobTables(CatalogBase):
                     "error": error,
                     "result": result_json,
                     "warnings": warnings,
+                    "retryable": None if retryable is None else int(retryable),
                     "id": job_id,
                 },
             )
@@ -227,10 +344,12 @@ class JobTables(CatalogBase):
             return await _active_backup(tx, data_source_id)
 
     async def fail_unfinished_jobs(self, reason: str = "server restarted") -> list[JobId]:
-        """Fail every queued or running job (call at server start); returns their ids."""
+        """Fail every queued or running job (call at server start); returns their ids.
+        The failure is transient (retryable): the job's work may well succeed now."""
         async with self._write() as tx:
             rows = await tx.all(
-                "UPDATE jobs SET state = 'failed', error = ?, ended_at = ?, updated_at = ?"
+                "UPDATE jobs SET state = 'failed', error = ?, ended_at = ?, updated_at = ?,"
+                " retryable = 1"
                 f" WHERE state IN {_ACTIVE_SQL} RETURNING id",
                 (reason, tx.now, tx.now),
             )

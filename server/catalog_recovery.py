@@ -130,6 +130,14 @@ def _rebuilt_spec(ds_id: str, text: str) -> dict[str, object]:
 async def _rebuild_one(tx: Tx, rp: RecoveryPoint, report: dict[str, int]) -> bool:
     """Rows for one RP; True if its RP row was added. Every label is checked before the
     first write, so a bad RP (KeyError, ValueError) adds nothing."""
+    ds_id, job_id = await _ensure_owner(tx, rp, report)
+    return await _insert_recovery_point(tx, rp, ds_id, job_id)
+
+
+async def _ensure_owner(
+    tx: Tx, rp: RecoveryPoint, report: dict[str, int]
+) -> tuple[DataSourceId, JobId | None]:
+    """The agent and data source rows the RP's labels name, created if missing."""
     labels = rp.labels
     agent_id = parse_agent_id(labels["agent_id"])
     ds_id = parse_data_source_id(labels.get("data_source_id", rp.data_source))
@@ -153,7 +161,7 @@ async def _rebuild_one(tx: Tx, rp: RecoveryPoint, report: dict[str, int]) -> boo
         name = await _free_data_source_name(tx, agent_id, ds_base)
         await insert_data_source(tx, ds_id, agent_id, name, kind=kind, spec=spec)
         report["data_sources_created"] += 1
-    return await _insert_recovery_point(tx, rp, ds_id, job_id)
+    return ds_id, job_id
 
 
 class RecoveryPointTables(CatalogBase):
@@ -212,6 +220,20 @@ class RecoveryPointTables(CatalogBase):
         """Delete the RP row (after the RP left the pool); False if there was none."""
         async with self._write() as tx:
             return bool(await tx.run("DELETE FROM recovery_points WHERE id = ?", (rp_id,)))
+
+    async def ensure_recovery_point_owner(
+        self, rp: RecoveryPoint, report: dict[str, int] | None = None
+    ) -> DataSourceId:
+        """The data source an RP's labels name, with its agent, created as
+        `rebuild_from_pool` would (for an RP known from the vault, not the pool); counts go
+        to `report` ("agents_created", "data_sources_created"). KeyError or ValueError for
+        unusable labels, nothing written."""
+        counts = report if report is not None else {}
+        counts.setdefault("agents_created", 0)
+        counts.setdefault("data_sources_created", 0)
+        async with self._write() as tx:
+            ds_id, _ = await _ensure_owner(tx, rp, counts)
+        return ds_id
 
     async def rebuild_from_pool(self, rps: Iterable[RecoveryPoint]) -> RebuildReport:
         """Recreate missing agents, data sources and RP rows from the pool's RPs, in one

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from server.catalog_errors import CatalogValidationError
-from server.ids import AgentId, DataSourceId, JobId
+from server.ids import AgentId, AlertId, DataSourceId, JobId
 from storage_pool import RecoveryPointId
 
 MAX_NAME = 255
@@ -23,6 +23,26 @@ MAX_NAME = 255
 class JobKind(enum.StrEnum):
     BACKUP = "backup"
     RESTORE = "restore"
+    ONLINE_BACKUP = "online_backup"
+    PRUNE = "prune"
+    GC = "gc"
+    VERIFY = "verify"
+
+
+# Jobs the server runs itself, without an agent.
+SERVER_JOB_KINDS: Final = frozenset(
+    {JobKind.PRUNE, JobKind.GC, JobKind.VERIFY, JobKind.ONLINE_BACKUP}
+)
+
+
+class JobTrigger(enum.StrEnum):
+    """Why a job exists."""
+
+    MANUAL = "manual"  # an operator asked
+    SCHEDULE = "schedule"  # a protection group's schedule slot
+    MISSED = "missed"  # slots passed while the server was down: one catch-up run
+    RETRY = "retry"  # a transient failure of an earlier attempt
+    MAINTENANCE = "maintenance"  # prune and gc the server runs on its own
 
 
 class JobState(enum.StrEnum):
@@ -104,6 +124,9 @@ class DataSourceRow:
     removed_at: float | None
     # Its agent was removed but its recovery points were kept.
     orphaned: bool
+    protection_group_id: str | None = None
+    # When it joined its protection group: its schedule starts there.
+    protected_at: float | None = None
 
     @property
     def spec(self) -> dict[str, list[str]]:
@@ -117,7 +140,7 @@ class DataSourceRow:
 
 DATA_SOURCE_COLUMNS: Final = (
     "d.id, d.agent_id, a.name, d.name, d.kind, d.spec, d.created_at, d.removed_at,"
-    " a.removed_at IS NOT NULL"
+    " a.removed_at IS NOT NULL, d.protection_group_id, d.protected_at"
 )
 DATA_SOURCE_FROM: Final = "data_sources d JOIN agents a ON a.id = d.agent_id"
 
@@ -135,6 +158,8 @@ def data_source_from_row(r: sqlite3.Row) -> DataSourceRow:
         created_at=r[6],
         removed_at=r[7],
         orphaned=bool(r[8]),
+        protection_group_id=r[9],
+        protected_at=r[10],
     )
 
 
@@ -143,7 +168,7 @@ class JobRow:
     id: JobId
     kind: JobKind
     state: JobState
-    agent_id: AgentId
+    agent_id: AgentId | None  # None for server jobs (prune, gc, verify)
     data_source_id: DataSourceId | None
     params: Mapping[str, Any]
     progress: Mapping[str, Any]
@@ -154,6 +179,10 @@ class JobRow:
     started_at: float | None
     ended_at: float | None
     updated_at: float
+    trigger: JobTrigger = JobTrigger.MANUAL
+    attempt: int = 1
+    scheduled_for: float | None = None
+    retryable: bool = False
 
     @property
     def is_final(self) -> bool:
@@ -162,7 +191,7 @@ class JobRow:
 
 JOB_COLUMNS: Final = (
     "id, kind, state, agent_id, data_source_id, params, progress, result, error, warnings,"
-    " created_at, started_at, ended_at, updated_at"
+    " created_at, started_at, ended_at, updated_at, trigger, attempt, scheduled_for, retryable"
 )
 
 
@@ -171,7 +200,7 @@ def job_from_row(r: sqlite3.Row) -> JobRow:
         id=JobId(r[0]),
         kind=JobKind(r[1]),
         state=JobState(r[2]),
-        agent_id=AgentId(r[3]),
+        agent_id=None if r[3] is None else AgentId(r[3]),
         data_source_id=None if r[4] is None else DataSourceId(r[4]),
         params=json.loads(r[5]),
         progress=json.loads(r[6]),
@@ -182,6 +211,10 @@ def job_from_row(r: sqlite3.Row) -> JobRow:
         started_at=r[11],
         ended_at=r[12],
         updated_at=r[13],
+        trigger=JobTrigger(r[14]),
+        attempt=r[15],
+        scheduled_for=r[16],
+        retryable=bool(r[17]),
     )
 
 
@@ -269,3 +302,51 @@ def to_json(value: Mapping[str, Any], what: str) -> str:
         return json.dumps(dict(value), sort_keys=True, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as err:
         raise CatalogValidationError(f"{what} is not JSON-serialisable: {err}") from err
+
+
+# -- alerts --
+
+
+class AlertSeverity(enum.StrEnum):
+    WARNING = "warning"
+    ERROR = "error"
+    CRITICAL = "critical"
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRow:
+    """One alert: open while `resolved_at` is None. At most one open alert per
+    (kind, subject); opening it again updates it in place."""
+
+    id: AlertId
+    kind: str
+    subject: str
+    severity: AlertSeverity
+    message: str
+    details: Mapping[str, Any]
+    opened_at: float
+    updated_at: float
+    resolved_at: float | None
+
+    @property
+    def is_open(self) -> bool:
+        return self.resolved_at is None
+
+
+ALERT_COLUMNS: Final = (
+    "id, kind, subject, severity, message, details, opened_at, updated_at, resolved_at"
+)
+
+
+def alert_from_row(r: sqlite3.Row) -> AlertRow:
+    return AlertRow(
+        id=AlertId(r[0]),
+        kind=r[1],
+        subject=r[2],
+        severity=AlertSeverity(r[3]),
+        message=r[4],
+        details=json.loads(r[5]),
+        opened_at=r[6],
+        updated_at=r[7],
+        resolved_at=r[8],
+    )

@@ -66,7 +66,9 @@ async def remove_data_source_rows(
     """Mark the data source removed; with `delete_data` also delete its RP rows and return
     their ids."""
     await tx.run(
-        "UPDATE data_sources SET removed_at = ? WHERE id = ? AND removed_at IS NULL",
+        # A removed data source leaves its protection group: nothing schedules it any more.
+        "UPDATE data_sources SET removed_at = ?, protection_group_id = NULL, protected_at = NULL"
+        " WHERE id = ? AND removed_at IS NULL",
         (tx.now, ds_id),
     )
     if not delete_data:

@@ -27,6 +27,7 @@ import os
 import re
 import socket
 import tomllib
+import zoneinfo
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,11 +44,14 @@ __all__ = [
     "LOG_LEVELS",
     "OVERRIDE_SOURCE",
     "AgentsSettings",
+    "AlertsSettings",
     "BrokerSettings",
     "ConfigError",
     "HttpSettings",
     "JobsSettings",
+    "OnlineSettings",
     "PoolSettings",
+    "SchedulerSettings",
     "ScratchSettings",
     "ServerConfig",
     "ServerSettings",
@@ -70,6 +74,18 @@ LIVE_KEYS: Final[frozenset[str]] = frozenset(
         "jobs.max_concurrent_backups",
         "jobs.agent_wait_seconds",
         "jobs.job_history_days",
+        "jobs.retry_attempts",
+        "jobs.retry_backoff_seconds",
+        "pool.reserve_bytes",
+        "pool.reserve_percent",
+        "scheduler.missed_grace_seconds",
+        "scheduler.maintenance_interval_minutes",
+        "scheduler.gc_interval_hours",
+        "alerts.webhook_url",
+        "alerts.rpo_grace_minutes",
+        "alerts.agent_offline_minutes",
+        "alerts.pool_warning_percent",
+        "alerts.pool_critical_percent",
         "agents.heartbeat_seconds",
         "agents.offline_after_seconds",
     }
@@ -149,6 +165,30 @@ def _check_url(schemes: tuple[str, ...], *, port_required: bool) -> Check:
     return check
 
 
+def _check_webhook(value: str) -> str | None:
+    if value == "":
+        return None
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname or ""
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        return '"" or an http(s)://host[:port]/path URL'
+    if parts.scheme not in ("http", "https") or not _is_host(host):
+        return '"" or an http(s)://host[:port]/path URL'
+    return None
+
+
+def _check_timezone(value: str) -> str | None:
+    if value == "":
+        return None
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return '"" (the system\'s zone) or an IANA time zone such as "UTC" or "Europe/Paris"'
+    return None
+
+
 def _check_broker_user(value: str) -> str | None:
     ok = _BROKER_USER.fullmatch(value) is not None
     return None if ok else "1-64 of [A-Za-z0-9_.-] (an MQTT user name without / + #)"
@@ -223,6 +263,9 @@ class PoolSettings:
     path: Path | None = None
     durability: Durability = Durability.FILESYSTEM
     io_workers: int = field(default=4, metadata=_rule(lo=1, hi=64))
+    # New backups are refused while free space is under max(reserve_bytes, reserve_percent).
+    reserve_bytes: int = field(default=2 << 30, metadata=_rule(lo=0, hi=1 << 50))
+    reserve_percent: int = field(default=2, metadata=_rule(lo=0, hi=50))
 
 
 @dataclass(frozen=True)
@@ -230,6 +273,19 @@ class ScratchSettings:
     """``[scratch]``: staging area on the way to the vault."""
 
     path: Path | None = None
+    # The bound on scratch usage: bound_percent of the protected data (the latest disk RP
+    # of every protected data source), at least min_bytes; max_bytes > 0 caps it.
+    bound_percent: int = field(default=5, metadata=_rule(lo=1, hi=100))
+    min_bytes: int = field(default=1 << 30, metadata=_rule(lo=1 << 20, hi=1 << 50))
+    max_bytes: int = field(default=0, metadata=_rule(lo=0, hi=1 << 50))
+
+
+@dataclass(frozen=True)
+class OnlineSettings:
+    """``[online]``: online backup jobs (copies of disk RPs into the vault)."""
+
+    parallelism: int = field(default=4, metadata=_rule(lo=1, hi=64))
+    pack_mib: int = field(default=32, metadata=_rule(lo=1, hi=1024))
 
 
 @dataclass(frozen=True)
@@ -239,6 +295,30 @@ class JobsSettings:
     max_concurrent_backups: int = field(default=4, metadata=_rule(lo=1, hi=1024))
     agent_wait_seconds: int = field(default=3600, metadata=_rule(lo=0, hi=7 * 24 * 3600))
     job_history_days: int = field(default=30, metadata=_rule(lo=1, hi=3650))
+    retry_attempts: int = field(default=3, metadata=_rule(lo=1, hi=20))
+    retry_backoff_seconds: int = field(default=300, metadata=_rule(lo=1, hi=86400))
+
+
+@dataclass(frozen=True)
+class SchedulerSettings:
+    """``[scheduler]``: protection-group schedules and maintenance (prune, gc)."""
+
+    timezone: str = field(default="", metadata=_rule(check=_check_timezone))
+    tick_seconds: int = field(default=20, metadata=_rule(lo=1, hi=3600))
+    missed_grace_seconds: int = field(default=900, metadata=_rule(lo=0, hi=86400))
+    maintenance_interval_minutes: int = field(default=60, metadata=_rule(lo=1, hi=10080))
+    gc_interval_hours: int = field(default=24, metadata=_rule(lo=1, hi=8760))
+
+
+@dataclass(frozen=True)
+class AlertsSettings:
+    """``[alerts]``: thresholds and the optional webhook."""
+
+    webhook_url: str = field(default="", metadata=_rule(check=_check_webhook))
+    rpo_grace_minutes: int = field(default=60, metadata=_rule(lo=0, hi=10080))
+    agent_offline_minutes: int = field(default=60, metadata=_rule(lo=1, hi=10080))
+    pool_warning_percent: int = field(default=80, metadata=_rule(lo=1, hi=100))
+    pool_critical_percent: int = field(default=90, metadata=_rule(lo=1, hi=100))
 
 
 @dataclass(frozen=True)
@@ -259,8 +339,11 @@ class ServerConfig:
     broker: BrokerSettings = field(default_factory=BrokerSettings)
     pool: PoolSettings = field(default_factory=PoolSettings)
     scratch: ScratchSettings = field(default_factory=ScratchSettings)
+    online: OnlineSettings = field(default_factory=OnlineSettings)
     jobs: JobsSettings = field(default_factory=JobsSettings)
     agents: AgentsSettings = field(default_factory=AgentsSettings)
+    scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
+    alerts: AlertsSettings = field(default_factory=AlertsSettings)
     source: str = field(default=DEFAULTS_SOURCE, compare=False)
 
     @property
@@ -343,8 +426,11 @@ _SECTIONS: Final[dict[str, type[Any]]] = {
     "broker": BrokerSettings,
     "pool": PoolSettings,
     "scratch": ScratchSettings,
+    "online": OnlineSettings,
     "jobs": JobsSettings,
     "agents": AgentsSettings,
+    "scheduler": SchedulerSettings,
+    "alerts": AlertsSettings,
 }
 
 

@@ -14,7 +14,9 @@ from server.config import ServerConfig
 from storage_pool import StoragePool
 
 if TYPE_CHECKING:
+    from server.alerts import AlertCenter
     from server.jobs import JobManager
+    from server.online_backup import OnlineBackupRunner
 
 
 @dataclass(slots=True)
@@ -27,12 +29,15 @@ class ServerContext:
     mqtt_url: str
     server_url: str
     jobs: JobManager | None = None
+    alerts: AlertCenter | None = None
     clock: Callable[[], float] = time.time
     # Broker identities of agents (managed broker only): add on registration, drop on removal.
     register_identity: Callable[[str, str], Awaitable[None]] | None = field(default=None)
     remove_identity: Callable[[str], Awaitable[None]] | None = field(default=None)
     # An agent's broker password (derived from a server secret, see daemon.mqtt_password).
     mqtt_password: Callable[[str], str] | None = field(default=None)
+    # Online backup jobs (server/online_backup.py); None until the daemon starts them.
+    online: OnlineBackupRunner | None = field(default=None)
 
     def job_manager(self) -> JobManager:
         if self.jobs is None:

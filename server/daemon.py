@@ -26,8 +26,9 @@ import signal
 import socket
 import ssl
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -38,9 +39,12 @@ from aiohttp import web
 from agent import protocol as p
 from agent.sdnotify import Notifier
 from server import __version__
+from server.alert_rules import AlertRules
+from server.alerts import AlertCenter
 from server.app import DATA_PLANE_KEY, make_app
 from server.broker import BrokerError, ManagedBroker
 from server.bus import Bus
+from server.capacity import check_backup_capacity
 from server.catalog import Catalog, JobState
 from server.config import (
     EXIT_CONFIG,
@@ -53,10 +57,20 @@ from server.config import (
 from server.context import ServerContext
 from server.jobs import JobLimits, JobManager
 from server.logging import LEVELS, configure_logging
+from server.maintenance import Maintenance
+from server.online_backup import OnlineBackupRunner
+from server.online_scheduler import OnlineScheduler
+from server.operator_cloud import sync_at_start
+from server.operator_vault import registry_for
+from server.operator_verify import verify_runner_for
+from server.scheduler import Scheduler
+from server.scratch_bound import ScratchGuard
+from server.throttling import throttle_for
 from server.tls import client_ssl_context, load_or_create_tls, write_file_atomic
 from storage_pool import StoragePool
 from storage_pool.config import CONFIG_NAME
 from storage_pool.errors import PoolError
+from storage_pool.gc import SAFETY_FULL, SafetyParameters
 
 __all__ = ["EXIT_CONFIG", "main"]
 
@@ -120,11 +134,14 @@ def _write_cli_config(config: ServerConfig, token: str, ca_file: Path) -> None:
     write_file_atomic(config.cli_config_path, text.encode(), mode=0o600)
 
 
-async def _open_pool(config: ServerConfig) -> StoragePool:
+async def _open_pool(
+    config: ServerConfig, clock_ns: Callable[[], int] = time.time_ns
+) -> StoragePool:
     path = config.pool_path
     kwargs: dict[str, Any] = {
         "io_workers": config.pool.io_workers,
         "durability": config.pool.durability,
+        "clock": clock_ns,
     }
     if (path / CONFIG_NAME).exists():
         return await StoragePool.open(path, **kwargs)
@@ -139,6 +156,23 @@ class Server:
     # What SIGHUP reads again: the same file with the same command-line overrides.
     config_path: Path | None = None
     overrides: dict[str, str] | None = None
+    # The time of the catalog, pool and job engine: tests inject a fake one to run days of
+    # schedules in seconds. Agent liveness never reads it (see _last_heard).
+    clock: Callable[[], float] = field(default=time.time, kw_only=True)
+    # Set while serving, for in-process tests that drive the parts directly.
+    ctx: ServerContext | None = field(default=None, init=False)
+    ready: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+    # Monotonic time of each agent's last message: silence is measured in real time, so a
+    # clock that jumps ahead does not make every agent look offline.
+    _last_heard: dict[str, float] = field(default_factory=dict, init=False)
+    # GC's margin for young chunks, in real time (a fake clock does not age chunk files).
+    gc_safety: SafetyParameters = field(default=SAFETY_FULL, kw_only=True)
+    # Set while serving: schedules and retries, and prune/GC/job history.
+    scheduler: Scheduler | None = field(default=None, init=False)
+    maintenance: Maintenance | None = field(default=None, init=False)
+    alert_rules: AlertRules | None = field(default=None, init=False)
+    online: OnlineBackupRunner | None = field(default=None, init=False)
+    online_scheduler: OnlineScheduler | None = field(default=None, init=False)
 
     async def run(self, stop: asyncio.Event, reload: asyncio.Event) -> None:  # noqa: PLR0915 - the start order reads top to bottom
         config = self.config
@@ -161,11 +195,17 @@ class Server:
             ca_pem = config.http.tls_cert.read_bytes()
             ca_file = config.http.tls_cert
 
-        pool = await _open_pool(config)
+        clock = self.clock
+        pool = await _open_pool(
+            config, time.time_ns if clock is time.time else lambda: round(clock() * 1e9)
+        )
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(pool.close)
-            catalog = await Catalog.open(config.catalog_path)
+            catalog = await Catalog.open(config.catalog_path, clock=clock)
             stack.push_async_callback(catalog.close)
+            # Reads the webhook URL per event, so a SIGHUP (self.config) applies at once.
+            alerts = AlertCenter(catalog, lambda: self.config.alerts.webhook_url)
+            stack.push_async_callback(alerts.close)
             failed = await catalog.fail_unfinished_jobs("the server restarted while it ran")
             report = await catalog.rebuild_from_pool(await pool.list_recovery_points())
             log.info("catalog_ready", unfinished_jobs_failed=failed, rebuild=str(report))
@@ -221,7 +261,10 @@ class Server:
                 register_identity=add_identity,
                 remove_identity=remove_identity,
                 mqtt_password=lambda agent_id: mqtt_password(broker_secret, agent_id),
+                clock=clock,
+                alerts=alerts,
             )
+            self.ctx = ctx
             app = make_app(ctx)
             plane = app[DATA_PLANE_KEY]
 
@@ -250,8 +293,34 @@ class Server:
                     config.jobs.max_concurrent_backups, float(config.jobs.agent_wait_seconds)
                 ),
                 on_final=plane.job_ended,
+                clock=clock,
             )
             ctx.jobs = jobs
+            jobs.capacity_check = lambda: check_backup_capacity(pool.root, self.config.pool, alerts)
+            rules = AlertRules(catalog, alerts, pool.root, lambda: self.config, clock)
+            self.alert_rules = rules
+            scheduler = Scheduler(catalog, jobs, alerts, lambda: self.config, clock)
+            maintenance = Maintenance(
+                catalog, pool, alerts, lambda: self.config, clock, gc_safety=self.gc_safety
+            )
+            self.scheduler, self.maintenance = scheduler, maintenance
+            scratch = ScratchGuard(catalog, alerts, lambda: self.config)
+            await scratch.clean_at_start()
+            online = OnlineBackupRunner(
+                catalog,
+                pool,
+                registry_for(ctx),
+                lambda: self.config,
+                clock,
+                scratch=scratch,
+                throttle=throttle_for(ctx),
+            )
+            online_scheduler = OnlineScheduler(
+                catalog, online, alerts, lambda: self.config, clock, scratch=scratch
+            )
+            ctx.online, jobs.server_cancel = online, online.cancel
+            maintenance.online = online  # cloud GC shares the runner's vault and writer lock
+            self.online, self.online_scheduler = online, online_scheduler
 
             runner = web.AppRunner(
                 app, shutdown_timeout=float(config.server.shutdown_grace_seconds)
@@ -276,6 +345,13 @@ class Server:
                     tg.create_task(plane.reap_idle(), name="session-reaper"),
                     tg.create_task(self._watchdog(), name="watchdog"),
                     tg.create_task(self._reloader(reload), name="reload"),
+                    tg.create_task(rules.run(), name="alert-rules"),
+                    tg.create_task(scheduler.run(), name="scheduler"),
+                    tg.create_task(maintenance.run(), name="maintenance"),
+                    tg.create_task(online.run(), name="online-backup"),
+                    tg.create_task(online_scheduler.run(), name="online-scheduler"),
+                    tg.create_task(verify_runner_for(ctx).run(), name="verify-jobs"),
+                    tg.create_task(sync_at_start(ctx), name="vault-sync"),
                 ]
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(10):
@@ -288,25 +364,40 @@ class Server:
                     broker=config.server_mqtt_url,
                 )
                 self.notifier.ready(f"serving on {config.public_url}")
+                self.ready.set()
                 await stop.wait()
+                self.ready.clear()
                 self.notifier.stopping("shutting down")
                 log.info("server_stopping")
+                await online.shutdown()
                 await self._abandon_jobs(ctx, jobs)
                 plane.abort_all()
                 for t in tasks:
                     t.cancel()
+        self.ctx = None
         log.info("server_stopped")
 
     async def _abandon_jobs(self, ctx: ServerContext, jobs: JobManager) -> None:
-        for state in (JobState.RUNNING, JobState.QUEUED):
-            for job in await ctx.catalog.list_jobs(state=state, limit=100_000):
-                with contextlib.suppress(Exception):
-                    await jobs.cancel(job.id)
-                if state is JobState.RUNNING:
-                    with contextlib.suppress(Exception):
-                        await ctx.catalog.transition_job(
-                            job.id, JobState.FAILED, error="the server shut down while it ran"
-                        )
+        """Fail what is queued or running, as transient so the scheduler retries it once
+        the server is back; agents running a job are told to cancel it."""
+        for job in await ctx.catalog.list_jobs(state=JobState.RUNNING, limit=100_000):
+            with contextlib.suppress(Exception):
+                await jobs.cancel(job.id)
+            with contextlib.suppress(Exception):
+                await ctx.catalog.transition_job(
+                    job.id,
+                    JobState.FAILED,
+                    error="the server shut down while it ran",
+                    retryable=True,
+                )
+        for job in await ctx.catalog.list_jobs(state=JobState.QUEUED, limit=100_000):
+            with contextlib.suppress(Exception):
+                await ctx.catalog.transition_job(
+                    job.id,
+                    JobState.FAILED,
+                    error="the server shut down before the job started",
+                    retryable=True,
+                )
 
     async def _on_state(self, ctx: ServerContext, agent_id: str, msg: p.Message) -> None:
         try:
@@ -322,6 +413,8 @@ class Server:
             running = []
         version = msg.body.get("version")
         now = ctx.clock()
+        if online:
+            self._last_heard[agent.id] = time.monotonic()
         await ctx.catalog.set_agent_presence(
             agent.id, online, now, version=version if isinstance(version, str) else None
         )
@@ -333,14 +426,17 @@ class Server:
 
     async def _presence_monitor(self, ctx: ServerContext) -> None:
         """An agent that stops heartbeating is offline even if its last will got lost."""
+        # An agent not heard from since this process started gets a full period from
+        # the start: earlier silence was not observed in real time.
+        started = time.monotonic()
         while True:
             await asyncio.sleep(max(1.0, self.config.agents.heartbeat_seconds / 2))
-            now = ctx.clock()
             limit = self.config.agents.offline_after_seconds
             agents = await ctx.catalog.list_agents()
             for agent in agents:
-                if agent.online and (agent.last_seen_at or 0) < now - limit:
-                    await ctx.catalog.set_agent_presence(agent.id, False, now)
+                heard = self._last_heard.get(agent.id, started)
+                if agent.online and heard < time.monotonic() - limit:
+                    await ctx.catalog.set_agent_presence(agent.id, False, ctx.clock())
                     await ctx.job_manager().agent_state(agent.id, False, [])
                     log.info("agent_presence", agent_id=agent.id, online=False, why="silent")
             running = await ctx.catalog.list_jobs(state=JobState.RUNNING, limit=10_000)
@@ -366,6 +462,8 @@ class Server:
                 new = load_server_config(self.config_path, overrides=self.overrides)
                 live, restart = reload_diff(self.config, new)
                 self.config = merge_live(self.config, new)
+                if self.ctx is not None:  # the data plane reads the reserve from it
+                    self.ctx.config = self.config
                 configure_logging(self.config.server.log_level)
                 log.info("config_reloaded", applied=live, need_restart=restart)
             except ConfigError as err:

@@ -11,6 +11,12 @@ Wire formats are in agent/protocol.py. What is checked here, for every request:
 Commit order: pool commit (the recovery-point record, after every chunk is durable), then
 the catalog row. A crash between the two leaves a pool RP without a catalog row, which
 the next start re-adds (catalog.rebuild_from_pool runs at every start).
+
+Free space (server/capacity.py): opening a session and every chunk upload first check the
+pool's filesystem against the reserve (the upload checks in the same worker job that
+writes, so the check is next to the write). Under the reserve, or when a write fails with
+ENOSPC/EDQUOT, the backup fails cleanly: its session is aborted (no recovery point), the
+job fails with the reserve message, the `pool_reserve` alert opens and the agent gets 507.
 """
 
 from __future__ import annotations
@@ -29,15 +35,26 @@ import structlog
 from aiohttp import web
 
 from agent import protocol as p
+from server.alerts import POOL_RESERVE
 from server.auth import AGENT_KEY
+from server.capacity import (
+    InsufficientStorageError,
+    full_message,
+    is_no_space,
+    pool_capacity,
+    pool_capacity_sync,
+    report_capacity,
+)
 from server.catalog import JobState, recovery_point_labels
 from server.catalog_errors import CatalogError
 from server.context import ServerContext
 from server.http_json import error_response, http_error, read_object
+from server.ids import JobId
 from storage_pool import Entry, EntryType, RecoveryPoint, Session, framing
 from storage_pool.errors import IntegrityError, PoolError, SessionError
 from storage_pool.ids import ChunkId
 from storage_pool.manifest import MANIFEST_VERSION, entry_from_wire
+from storage_pool.session import PutResult
 
 log = structlog.get_logger()
 
@@ -142,6 +159,9 @@ class DataPlane:
         job = await self._running_job(request, job_id, "backup")
         self.abort_for_job(job.id)  # a retried open replaces the old session
         pool = self.ctx.pool
+        capacity = await pool_capacity(pool.root, self.ctx.config.pool)
+        if capacity.below_reserve:
+            return await self._fail_for_space(job.id, InsufficientStorageError(capacity))
         ds_id = job.data_source_id
         rps = await pool.list_recovery_points(ds_id)
         parent = rps[-1] if rps else None
@@ -193,12 +213,24 @@ class DataPlane:
                 chunks.append(framing.EncodedChunk(ChunkId(cid), bytes(frame), size))
         except (p.ProtocolError, framing.FrameError) as err:
             return error_response(400, f"chunk upload: {err}")
+        root, settings = self.ctx.pool.root, self.ctx.config.pool
+
+        def checked_put() -> PutResult:
+            capacity = pool_capacity_sync(root, settings)
+            if capacity.below_reserve:
+                raise InsufficientStorageError(capacity)
+            return s.session.put_sync(chunks, verify=True)
+
         try:
-            result = await s.session.put(chunks, verify=True)
+            result = await self.ctx.pool.run(checked_put)
         except IntegrityError as err:
             log.warning("chunk_rejected", job_id=s.job_id, agent_id=s.agent_id, error=str(err))
             return error_response(422, f"chunk rejected: {err}")
+        except InsufficientStorageError as err:
+            return await self._fail_for_space(s.job_id, err)
         except PoolError as err:
+            if is_no_space(err):
+                return await self._fail_for_space(s.job_id, err)
             log.error("chunk_store_failed", job_id=s.job_id, error=str(err))
             return error_response(507, f"storing chunks failed: {err}")
         s.uploaded.update(c.id for c in chunks)
@@ -228,6 +260,10 @@ class DataPlane:
                 await s.session.add_entries(entries)
             except SessionError as err:
                 return error_response(400, f"manifest entries: {err}")
+            except PoolError as err:
+                if is_no_space(err):
+                    return await self._fail_for_space(s.job_id, err)
+                raise
         return web.json_response({"entries": len(entries)})
 
     async def commit(self, request: web.Request) -> web.Response:
@@ -243,6 +279,8 @@ class DataPlane:
             try:
                 rp = await s.session.commit(labels)
             except (SessionError, PoolError) as err:
+                if is_no_space(err):
+                    return await self._fail_for_space(s.job_id, err)
                 return error_response(400, f"commit: {err}")
             finally:
                 self.sessions.pop(s.id, None)
@@ -257,6 +295,29 @@ class DataPlane:
             s.session.abort()
             del self.sessions[sid]
         return web.json_response({"aborted": sid})
+
+    async def _fail_for_space(
+        self, job_id: str, err: InsufficientStorageError | PoolError
+    ) -> web.Response:
+        """End the backup `job_id` for lack of space: fail the job with the reason, abort
+        its session (nothing of it becomes visible), open the alert, answer 507.
+
+        The job fails before the session goes: a parallel upload of the same agent then
+        gets 404 for the aborted session, and its failure report must find the job
+        already failed with this reason (the catalog keeps the first final state)."""
+        pool_path = self.ctx.pool.root
+        if isinstance(err, InsufficientStorageError):
+            message = str(err)
+        else:
+            message = full_message(pool_path, err)
+        await self.ctx.catalog.transition_job(JobId(job_id), JobState.FAILED, error=message)
+        self.abort_for_job(job_id)
+        log.error("backup_failed_no_space", job_id=job_id, error=message)
+        if isinstance(err, InsufficientStorageError):
+            await report_capacity(err.capacity, self.ctx.alerts)
+        elif self.ctx.alerts is not None:
+            await self.ctx.alerts.open(POOL_RESERVE, str(pool_path), message, severity="critical")
+        return error_response(507, message)
 
     # -- restore ---------------------------------------------------------------
 

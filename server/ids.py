@@ -21,10 +21,14 @@ from agent.protocol import AGENT_ID_PATTERN
 
 __all__ = [
     "AgentId",
+    "AlertId",
     "DataSourceId",
+    "GroupId",
     "JobId",
     "new_agent_id",
+    "new_alert_id",
     "new_data_source_id",
+    "new_group_id",
     "new_job_id",
     "parse_agent_id",
     "parse_data_source_id",
@@ -45,6 +49,14 @@ def new_agent_id() -> AgentId:
 
 def new_data_source_id() -> DataSourceId:
     return DataSourceId("ds-" + secrets.token_hex(5))
+
+
+GroupId = NewType("GroupId", str)
+GROUP_ID_PATTERN: Final = re.compile(r"pg-[0-9a-f]{10}")
+
+
+def new_group_id() -> GroupId:
+    return GroupId("pg-" + secrets.token_hex(5))
 
 
 def new_job_id() -> JobId:
@@ -68,3 +80,10 @@ def parse_job_id(text: str) -> JobId:
     if not isinstance(text, str) or JOB_ID_PATTERN.fullmatch(text) is None:
         raise ValueError(f"not a job id (job- and 12 hex digits): {text!r:.80}")
     return JobId(text)
+
+
+AlertId = NewType("AlertId", str)
+
+
+def new_alert_id() -> AlertId:
+    return AlertId("al-" + secrets.token_hex(5))

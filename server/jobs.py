@@ -32,7 +32,9 @@ import structlog
 from agent import protocol as p
 from server.catalog import Catalog, JobKind, JobState
 from server.catalog_errors import CatalogError, InvalidStateError
+from server.catalog_rows import JobTrigger
 from server.ids import AgentId, JobId
+from server.loops import repeat
 
 log = structlog.get_logger()
 
@@ -68,15 +70,31 @@ class JobManager:
     limits: JobLimits
     clock: Callable[[], float] = time.time
     on_final: Callable[[Any], Awaitable[None]] | None = None
+    # Raises (server.capacity.InsufficientStorageError) when the pool is under its reserve.
+    capacity_check: Callable[[], Awaitable[object]] | None = None
+    # Stops a job the server runs itself (an online backup); None: such jobs cannot stop.
+    server_cancel: Callable[[Any], Awaitable[Any]] | None = None
     presence: dict[str, AgentPresence] = field(default_factory=dict)
+    # Restore jobs with a server phase first (re-seeding from the vault): running, not
+    # dispatched until released (True), never failed as "agent restarted" meanwhile.
+    _held: dict[str, bool] = field(default_factory=dict)
     _dispatched: dict[str, _Dispatch] = field(default_factory=dict)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     # -- operator actions ------------------------------------------------------
 
-    async def start_backup(self, data_source_id: str) -> Any:
+    async def start_backup(
+        self,
+        data_source_id: str,
+        *,
+        trigger: JobTrigger = JobTrigger.MANUAL,
+        attempt: int = 1,
+        scheduled_for: float | None = None,
+    ) -> Any:
         ds = await self.catalog.get_data_source(data_source_id)
+        if self.capacity_check is not None:
+            await self.capacity_check()
         active = await self.catalog.active_backup_for(ds.id)
         if active is not None:
             raise InvalidStateError(
@@ -89,12 +107,31 @@ class JobManager:
             ds.agent_id,
             ds.id,
             {"paths": list(ds.paths), "excludes": list(ds.excludes), "data_source_name": ds.name},
+            trigger=trigger,
+            attempt=attempt,
+            scheduled_for=scheduled_for,
         )
         log.info("job_queued", job_id=job.id, kind="backup", data_source=ds.id)
         self._wake.set()
         return job
 
-    async def start_restore(self, target_agent_id: str, params: Mapping[str, Any]) -> Any:
+    async def start_restore(
+        self, target_agent_id: str, params: Mapping[str, Any], *, hold: bool = False
+    ) -> Any:
+        """`hold`: the job starts running on the server (its progress can be shown) and is
+        dispatched only after `release_held`; `fail_held` ends it."""
+        if hold:
+            async with self._lock:  # a tick between create and hold would dispatch it
+                job = await self.catalog.create_job(
+                    JobKind.RESTORE,
+                    AgentId(target_agent_id),
+                    params.get("data_source_id"),
+                    dict(params),
+                )
+                job = await self.catalog.transition_job(job.id, JobState.RUNNING)
+                self._held[job.id] = False
+            log.info("job_held", job_id=job.id, kind="restore", agent_id=target_agent_id)
+            return job
         job = await self.catalog.create_job(
             JobKind.RESTORE, AgentId(target_agent_id), params.get("data_source_id"), dict(params)
         )
@@ -102,15 +139,31 @@ class JobManager:
         self._wake.set()
         return job
 
+    def release_held(self, job_id: str) -> None:
+        if job_id in self._held:
+            self._held[job_id] = True
+            self._wake.set()
+
+    async def fail_held(self, job_id: str, error: str) -> Any:
+        self._held.pop(job_id, None)
+        return await self._finish(job_id, "failed", error=error)
+
     async def cancel(self, job_id: str) -> Any:
         job = await self.catalog.get_job(job_id)
         if job.state in p.FINAL_STATES:
             return job
-        pres = self.presence.get(job.agent_id)
-        if job.state == "queued" or pres is None or not pres.online:
+        agent_id = job.agent_id
+        if agent_id is None:
+            if self.server_cancel is not None and job.kind == JobKind.ONLINE_BACKUP:
+                return await self.server_cancel(job)
+            raise InvalidStateError(
+                "job", job.id, f"{job.kind} jobs run on the server and cannot be stopped"
+            )
+        pres = self.presence.get(agent_id)
+        if job.state == "queued" or pres is None or not pres.online or job_id in self._held:
             job = await self._finish(job.id, "cancelled", error="cancelled by operator")
         if job_id in self._dispatched or job.state == "running":
-            await self._send(job.agent_id, p.CMD_CANCEL, job_id, {"job_id": job_id})
+            await self._send(agent_id, p.CMD_CANCEL, job_id, {"job_id": job_id})
         return job
 
     # -- agent events ----------------------------------------------------------
@@ -124,11 +177,12 @@ class JobManager:
             for job in await self.catalog.list_jobs(
                 state=JobState.RUNNING, agent_id=AgentId(agent_id)
             ):
-                if job.id not in running:
+                if job.id not in running and job.id not in self._held:
                     await self._finish(
                         job.id,
                         "failed",
                         error="the agent restarted while running this job; run it again",
+                        retryable=True,
                     )
             for job_id in [j for j, d in self._dispatched.items() if d.sent_at]:
                 self._dispatched[job_id].sent_at = 0.0  # resend at once to the new session
@@ -148,6 +202,7 @@ class JobManager:
             return
         if msg.type == p.EVENT_ACCEPTED:
             self._dispatched.pop(job.id, None)
+            self._held.pop(job.id, None)
             if job.state == "queued":
                 with contextlib.suppress(InvalidStateError):
                     await self.catalog.transition_job(job.id, JobState.RUNNING)
@@ -179,22 +234,19 @@ class JobManager:
                 error=str(msg.body.get("error") or "") or None,
                 result=result,
                 warnings=warnings if isinstance(warnings, int) else 0,
+                # The agent says whether a failure is transient (a lost connection) or not.
+                retryable=status == "failed" and msg.body.get("retryable") is True,
             )
 
     # -- the loop --------------------------------------------------------------
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self.tick()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("job_tick_failed")
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(TICK_SECONDS):
-                    await self._wake.wait()
+        await repeat(
+            self.tick,
+            failed_event="job_tick_failed",
+            interval=lambda: TICK_SECONDS,
+            wake=self._wake,
+        )
 
     async def tick(self) -> None:
         async with self._lock:
@@ -203,6 +255,8 @@ class JobManager:
             running = await self.catalog.list_jobs(state=JobState.RUNNING, limit=10_000)
             running_backups = sum(1 for j in running if j.kind == "backup")
             for job in running:
+                if job.agent_id is None:
+                    continue  # server jobs (prune, gc) are not the engine's
                 pres = self.presence.get(job.agent_id)
                 gone = now - pres.since if pres is not None and not pres.online else 0.0
                 if gone > self.limits.agent_wait_seconds:
@@ -211,8 +265,12 @@ class JobManager:
                         "failed",
                         error=f"agent {job.agent_id} went offline during the job and stayed"
                         f" away for {int(gone)} s",
+                        retryable=True,
                     )
-            for job in sorted(queued, key=lambda j: j.created_at):
+            released = [j for j in running if self._held.get(j.id)]
+            for job in sorted(queued + released, key=lambda j: j.created_at):
+                if job.agent_id is None:
+                    continue
                 pres = self.presence.get(job.agent_id)
                 if pres is None or not pres.online:
                     waited = now - job.created_at
@@ -224,6 +282,7 @@ class JobManager:
                                 f"agent {job.agent_id} stayed offline for"
                                 f" {int(waited)} s (limit {int(self.limits.agent_wait_seconds)} s)"
                             ),
+                            retryable=True,
                         )
                     continue
                 d = self._dispatched.get(job.id)
@@ -277,10 +336,17 @@ class JobManager:
         error: str | None = None,
         result: dict[str, Any] | None = None,
         warnings: int | None = None,
+        retryable: bool | None = None,
     ) -> Any:
         self._dispatched.pop(job_id, None)
+        self._held.pop(job_id, None)
         job = await self.catalog.transition_job(
-            JobId(job_id), JobState(state), error=error, result=result, warnings=warnings
+            JobId(job_id),
+            JobState(state),
+            error=error,
+            result=result,
+            warnings=warnings,
+            retryable=retryable,
         )
         if job.state == state:
             log.info("job_finished", job_id=job_id, state=state, error=error)

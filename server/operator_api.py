@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Iterable
 from typing import Any
@@ -12,10 +11,21 @@ from aiohttp import web
 
 from agent import protocol as p
 from server import __version__
+from server.alerts import alert_json
+from server.capacity import pool_capacity
 from server.catalog import JobState
 from server.catalog_errors import CatalogError
+from server.cloud_restore import disk_copy_gone
 from server.context import CTX_KEY, ServerContext
 from server.http_json import error_response, read_object
+from server.operator_cloud import restore_from_cloud
+from server.operator_cloud import routes as cloud_routes
+from server.operator_groups import deletion_options
+from server.operator_groups import routes as group_routes
+from server.operator_online import TIERS, online_rps, start_online_backup
+from server.operator_vault import routes as vault_routes
+from server.operator_verify import routes as verify_routes
+from server.protection import backup_group, drop_from_pool, require_pin
 from storage_pool import EntryType
 from storage_pool.errors import RecoveryPointNotFoundError
 
@@ -84,6 +94,7 @@ def job_json(j: Any) -> dict[str, Any]:
         "progress": dict(j.progress),
         "result": dict(j.result) if j.result is not None else None,
         "error": j.error,
+        "retryable": j.retryable,
         "warnings": j.warnings,
         "created_at": j.created_at,
         "started_at": j.started_at,
@@ -167,12 +178,19 @@ async def list_agents(request: web.Request) -> web.Response:
 async def remove_agent(request: web.Request) -> web.Response:
     ctx = _ctx(request)
     agent = await ctx.catalog.get_agent(request.match_info["ref"])
-    delete_data = request.query.get("delete_data") in ("1", "true", "yes")
+    delete_data, pin = await deletion_options(request, "an agent removal")
+    if delete_data:
+        await require_pin(
+            ctx.catalog,
+            pin,
+            f"Remove-Agent -DeleteData {agent.name}",
+            f"deleting the recovery points of agent {agent.name}",
+        )
     # Catalog first: a crash after it leaves pool RPs that the next start's rebuild
     # would bring back as orphans, never catalog rows pointing at deleted data.
-    for rp_id in await ctx.catalog.remove_agent(agent.id, delete_data=delete_data):
-        with contextlib.suppress(RecoveryPointNotFoundError):
-            await ctx.pool.delete_recovery_point(rp_id)
+    await drop_from_pool(
+        ctx.pool, await ctx.catalog.remove_agent(agent.id, delete_data=delete_data)
+    )
     if ctx.remove_identity is not None:
         await ctx.remove_identity(agent.id)
     log.info("agent_removed", agent_id=agent.id, delete_data=delete_data)
@@ -213,22 +231,54 @@ async def add_data_source(request: web.Request) -> web.Response:
 async def remove_data_source(request: web.Request) -> web.Response:
     ctx = _ctx(request)
     ds = await ctx.catalog.get_data_source(request.match_info["ref"])
-    delete_data = request.query.get("delete_data") in ("1", "true", "yes")
-    for rp_id in await ctx.catalog.remove_data_source(ds.id, delete_data=delete_data):
-        with contextlib.suppress(RecoveryPointNotFoundError):
-            await ctx.pool.delete_recovery_point(rp_id)
+    delete_data, pin = await deletion_options(request, "a data source removal")
+    if delete_data:
+        await require_pin(
+            ctx.catalog,
+            pin,
+            f"Remove-DataSource -DeleteData {ds.ref}",
+            f"deleting the recovery points of data source {ds.ref}",
+        )
+    await drop_from_pool(
+        ctx.pool, await ctx.catalog.remove_data_source(ds.id, delete_data=delete_data)
+    )
     return web.json_response({"removed": ds.id})
 
 
 async def start_backup(request: web.Request) -> web.Response:
     ctx = _ctx(request)
     body = await read_object(request, empty_ok=True)
+    online = body.get("online", False)
+    if not isinstance(online, bool):
+        return bad("field 'online' must be true or false")
+    if online:
+        return await start_online_backup(ctx, body, job_json)
     ref = body.get("data_source")
+    group_ref = body.get("protection_group")
+    if group_ref is not None:
+        if ref is not None or not isinstance(group_ref, str):
+            return bad("give either 'data_source' or 'protection_group' (a group name or id)")
+        return await _start_group_backup(ctx, group_ref)
     if not isinstance(ref, str):
         return bad("field 'data_source' (id or agent:name) is required")
     ds = await ctx.catalog.get_data_source(ref)
     job = await ctx.job_manager().start_backup(ds.id)
     return web.json_response(job_json(job), status=201)
+
+
+async def _start_group_backup(ctx: ServerContext, group_ref: str) -> web.Response:
+    done = await backup_group(ctx.catalog, ctx.job_manager(), group_ref)
+    return web.json_response(
+        {
+            "protection_group": {"id": done.group.id, "name": done.group.name},
+            "jobs": [job_json(j) for j in done.jobs],
+            "skipped": [
+                {"data_source_id": ds.id, "data_source": ds.ref, "reason": reason}
+                for ds, reason in done.skipped
+            ],
+        },
+        status=201,
+    )
 
 
 async def start_restore(request: web.Request) -> web.Response:
@@ -247,6 +297,21 @@ async def start_restore(request: web.Request) -> web.Response:
     target_path = body.get("target_path") or ""
     if not isinstance(target_path, str) or (target_path and not target_path.startswith("/")):
         return bad("target_path must be an absolute path (or empty for the original location)")
+    from_cloud = body.get("from_cloud", False)
+    if not isinstance(from_cloud, bool):
+        return bad("from_cloud must be true or false")
+    if from_cloud or await disk_copy_gone(ctx.catalog, ctx.pool, rp_id):
+        if not from_cloud:
+            log.info("restore_from_cloud_disk_copy_gone", rp_id=rp_id)
+        job = await restore_from_cloud(
+            ctx,
+            rp_id,
+            items=items,
+            target_path=target_path,
+            conflict=conflict,
+            target_agent=body.get("target_agent"),
+        )
+        return web.json_response(job_json(job), status=201)
     rp = await ctx.catalog.get_recovery_point(rp_id)
     try:
         pool_rp = await ctx.pool.get_recovery_point(rp.id)
@@ -311,8 +376,18 @@ async def list_recovery_points(request: web.Request) -> web.Response:
     ds_ref = q.get("data_source")
     ds_id = (await ctx.catalog.get_data_source(ds_ref)).id if ds_ref else None
     agent_id = (await ctx.catalog.get_agent(q["agent"])).id if q.get("agent") else None
-    rps = await ctx.catalog.list_recovery_points(data_source_id=ds_id, agent_id=agent_id)
-    return web.json_response([rp_json(r) for r in rps])
+    tier = (q.get("tier") or "disk").lower()
+    if tier not in TIERS:
+        return bad(f"tier must be one of {', '.join(TIERS)}")
+    out: list[dict[str, Any]] = []
+    if tier in ("disk", "all"):
+        rps = await ctx.catalog.list_recovery_points(data_source_id=ds_id, agent_id=agent_id)
+        out.extend(rp_json(r) for r in rps)
+    if tier in ("cloud", "all"):
+        out.extend(
+            r for r in await online_rps(ctx, ds_id) if agent_id is None or r["agent_id"] == agent_id
+        )
+    return web.json_response(out)
 
 
 async def list_items(request: web.Request) -> web.Response:
@@ -357,6 +432,7 @@ def _item(e: Any) -> dict[str, Any]:
 async def storage_pool(request: web.Request) -> web.Response:
     ctx = _ctx(request)
     stats = await ctx.pool.stats()
+    capacity = await pool_capacity(ctx.pool.root, ctx.config.pool)
     scratch = ctx.config.scratch_path
     used = await ctx.pool.run(_du, scratch)
     return web.json_response(
@@ -369,10 +445,19 @@ async def storage_pool(request: web.Request) -> web.Response:
             "dedup_ratio": round(stats.dedup_ratio, 3),
             "fs_total_bytes": stats.fs_total_bytes,
             "fs_free_bytes": stats.fs_free_bytes,
+            "fs_used_percent": round(capacity.used_percent, 1),
+            "reserve_bytes": capacity.reserve_bytes,
+            "below_reserve": capacity.below_reserve,
             "scratch_path": str(scratch),
             "scratch_used_bytes": used,
         }
     )
+
+
+async def list_alerts(request: web.Request) -> web.Response:
+    include_resolved = request.query.get("all") in ("1", "true", "yes")
+    alerts = await _ctx(request).catalog.list_alerts(include_resolved=include_resolved)
+    return web.json_response([alert_json(a) for a in alerts])
 
 
 def _du(path: os.PathLike[str]) -> int:
@@ -405,4 +490,9 @@ def routes() -> Iterable[web.RouteDef]:
         web.get(f"{b}/recovery-points", list_recovery_points),
         web.get(f"{b}/recovery-points/{{id}}/items", list_items),
         web.get(f"{b}/storage-pool", storage_pool),
+        *group_routes(),
+        *vault_routes(),
+        *cloud_routes(),
+        *verify_routes(),
+        web.get(f"{b}/alerts", list_alerts),
     ]

@@ -1,8 +1,9 @@
 """The server's HTTP API (aiohttp, TLS): the agents' data plane and the operators' REST API.
 
 Operator REST API (JSON; ``Authorization: Bearer <operator token>``; errors are
-``{"error": "<one-line reason>"}`` with 400 bad input, 401 no/bad token, 404 unknown object,
-409 conflict/state, 422 integrity, 503 not ready). Times are unix seconds (float).
+``{"error": "<one-line reason>"}`` with 400 bad input, 401 no/bad token, 403 security PIN
+refused, 404 unknown object, 409 conflict/state, 422 integrity, 503 not ready, 507 storage
+pool under its free-space reserve). Times are unix seconds (float).
 Under ``/api/v1``:
 
 ``GET  /health``                      -> ``{"status": "ok", "version"}`` (no auth)
@@ -12,12 +13,17 @@ Under ``/api/v1``:
     "server_url", "mqtt_url", "command_key"}``; 403 ``{"error"}`` for unknown/used/expired tokens.
 ``GET  /agents``                      -> ``[{"id","name","hostname","online","last_seen_at",
     "last_backup_at","version","created_at"}]``
-``DELETE /agents/{id-or-name}``       -> ``{"removed": id}`` (``?delete_data=1`` also drops RPs)
+``DELETE /agents/{id-or-name}``       -> ``{"removed": id}`` (``?delete_data=1`` also drops RPs;
+    it needs a security PIN: body ``{"security_pin"}`` or ``?security_pin=``)
 ``GET  /data-sources?agent=``         -> ``[{"id","agent_id","agent_name","name","kind",
     "paths","excludes","created_at","last_rp_at","rp_count"}]``
 ``POST /data-sources``                ``{"agent","name"?,"paths":[...],"excludes":[...]}`` -> one
-``DELETE /data-sources/{id}``
-``POST /jobs/backup``                 ``{"data_source"}`` (id or ``agentname:dsname``) -> job
+``DELETE /data-sources/{id}``         body ``{"delete_data"?, "security_pin"?}`` (or the same
+    in the query): delete_data drops its RPs and needs a PIN
+``POST /jobs/backup``                 ``{"data_source"}`` (id or ``agentname:dsname``) -> job;
+    or ``{"protection_group"}`` (name or id) -> ``{"protection_group": {"id","name"},
+    "jobs": [job], "skipped": [{"data_source_id","data_source","reason"}]}``: one job per
+    member; members with a backup already queued or running are skipped, not an error
 ``POST /jobs/restore``                ``{"rp_id","items":[...],"target_agent"?,"target_path"?,
     "conflict":"overwrite|skip|rename"}`` -> job (no target_path = original location)
 ``GET  /jobs?state=&agent=&data_source=&limit=`` -> ``[job]``; ``GET /jobs/{id}`` -> job
@@ -31,5 +37,53 @@ Under ``/api/v1``:
     direct children of ``path`` ("" = top level); paths are fsdecode (surrogateescape) strings
 ``GET  /storage-pool``                -> ``{"path","recovery_points","logical_bytes",
     "stored_bytes","chunk_count","dedup_ratio","fs_total_bytes","fs_free_bytes",
-    "scratch_path","scratch_used_bytes"}``
+    "fs_used_percent","reserve_bytes","below_reserve","scratch_path","scratch_used_bytes"}``
+    (under the reserve, ``below_reserve`` is true and new backups are refused with 507)
+``GET  /alerts?all=``                 -> ``[{"id","kind","subject","severity","message",
+    "details","opened_at","updated_at","resolved_at"}]``, newest first; open ones only
+    unless ``all=true``. Kinds: failed_job, missed_backup, agent_offline, pool_usage,
+    pool_reserve; severity warning|error|critical
+``GET  /protection-groups?include_removed=`` -> ``[group]``; ``GET /protection-groups/{ref}``
+    (name or ``pg-...`` id) -> group
+   group = ``{"id","name","members":[{"id","ref","agent_name","name","rp_count","last_rp_at"}],
+   "disk":{"sync_frequency_minutes" (null = only at RP times),"recovery_point_times":["HH:MM"],
+   "retention_days"},"online":{"enabled","times","daily","weekly","monthly","yearly"},
+   "created_at","updated_at","removed_at"}``
+``POST /protection-groups``           ``{"name","disk"?,"online"?,"members"?:[ds ref]}`` -> 201
+    group; policy fields left out take their defaults; ``sync_frequency_minutes`` may be
+    ``"rp-times"``; an invalid value is 400 naming the allowed values; a data source that
+    is in another group is 409
+``PATCH /protection-groups/{ref}``    ``{"name"?,"disk"?,"online"?,"add"?:[ref],"remove"?:[ref],
+    "security_pin"?}`` -> group; only given fields change; a change that makes existing RPs
+    expire (shorter retention, or an added member with older RPs) needs the PIN
+``DELETE /protection-groups/{ref}``   body ``{"delete_data"?,"security_pin"?}`` (or the same in
+    the query) -> ``{"removed","name","members","recovery_points_deleted"}``; members become
+    unprotected; delete_data deletes all their RPs and needs the PIN
+``POST /security-pins``               -> 201 ``{"pin","expires_at"}``: 8 digits, valid 5 minutes,
+    usable once
+``POST /vaults``                      ``{"backend": {"kind": "folder", "path"} | {"kind": "azure",
+    "container", "prefix"?, "connection_string" | "account_url" + "sas"} | {"kind": "s3",
+    "bucket", "prefix"?, "endpoint"?, "region"?, "access_key", "secret_key"}}`` -> 201 the vault
+    credentials document (server/vault_credentials.py; valid 48 h): creates the container
+    and, for a new vault, its marker; keys are made at the first registration
+``POST /vault/registration``          ``{"credentials", "passphrase" | "generate_passphrase":
+    true}`` -> 201 ``{"vault_id","created_keys","state","location","description",
+    "registered_at","generated_passphrase"}`` (the generated passphrase appears here only,
+    once; else null); expired/edited credentials or a short passphrase 400, a wrong
+    passphrase 403, another vault already registered 409
+``GET  /vault``                       -> ``{"registered","vault_id","location" (no secrets),
+    "description","state" (active|expired|deprovisioned|unknown),"header_generation","kdf",
+    "registered_at","created_keys","credentials_id","credentials_expires_at",
+    "online_recovery_points","online_data_sources","stored_bytes","error"}``
+``POST /vault/passphrase``            ``{"passphrase","security_pin"}`` -> ``{"vault_id",
+    "header_generation"}``: re-wraps the master key; needs a security PIN (403)
+``GET  /throttling``                  -> ``{"enabled","work_bps","non_work_bps","work_days"
+    (0 Monday .. 6 Sunday),"work_start","work_end" (whole hours),"work_hour_bandwidth",
+    "non_work_hour_bandwidth","work_day_names"}`` (server/throttling.py)
+``PUT  /throttling``                  some of ``{"enabled","work_bps" ("10Mbps" or bit/s),
+    "non_work_bps","work_days" (names or numbers),"work_start" ("08:00"),"work_end"}`` -> the
+    new setting; a rate outside 512 Kbps .. 1023 Mbps or bad days/hours 400
+``POST /jobs/verify``                 ``{"tier": "disk"|"cloud","sample"?: (0, 1],"seed"?}`` ->
+    201 a VERIFY job (server/verify_jobs.py); no vault for the cloud tier or another verify
+    job active 409; its result lists damaged/repaired chunks and the (online) RPs they break
 """

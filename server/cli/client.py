@@ -8,9 +8,10 @@ teardown. Each request has a 30 s socket timeout. Proxies from the environment a
 private CA would not survive a proxy anyway.
 
 Error mapping (exit codes from ``server/cli/errors.py``): connection refused, DNS, TLS,
-timeouts, 401/403, 503 and non-JSON answers raise :class:`UnreachableError` (3) with one
-line naming the server URL; 400/404 raise :class:`UsageError` (2); other statuses
-(409, 422, 5xx) raise :class:`CliError` (1). The message is the server's ``{"error"}``.
+timeouts, 401, 503 and non-JSON answers raise :class:`UnreachableError` (3) with one
+line naming the server URL; 400/404 and 403 (a security PIN refused: the operator token
+itself is refused with 401) raise :class:`UsageError` (2); other statuses (409, 422, 5xx)
+raise :class:`CliError` (1). The message is the server's ``{"error"}``.
 """
 
 import http.client
@@ -150,6 +151,10 @@ class ApiClient:
                 f"{self.server_url} does not serve {where}; is it a Stockade server "
                 "of this version?"
             )
+        if status == 403 and reason:
+            # The API's own 403: the operator token passed (a wrong one is 401) but the
+            # operation was refused, e.g. a missing or wrong security PIN: bad input.
+            return UsageError(reason)
         reason = reason or str(error.reason) or "no reason given"
         if status in {401, 403}:
             return UnreachableError(

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from server.cli.args import Kind, Param
 from server.cli.client import segment
 from server.cli.cmdlet import Cmdlet, Invocation
+from server.cli.cmdlets_pins import SECURITY_PIN_PARAM
 from server.cli.errors import EXIT_OK, UsageError
 from server.cli.render import key_values, local_time, table
 from server.cli.resolve import expect_list, expect_object
@@ -109,7 +110,10 @@ def _remove_agent(inv: Invocation) -> int:
     assert name is not None  # required
     query = {"delete_data": 1} if inv.args.switch("DeleteData") else None
     path = f"/agents/{segment(name)}"
-    answer = inv.client.delete(path, query)
+    pin = inv.args.text("SecurityPin")
+    # The PIN goes in the body, out of the server's access log.
+    body = None if pin is None else {"security_pin": pin}
+    answer = inv.client.request("DELETE", path, query=query, body=body)
     if inv.json:
         inv.emit_json(answer if answer is not None else {"removed": name})
         return EXIT_OK
@@ -125,10 +129,14 @@ REMOVE_AGENT: Final = Cmdlet(
     params=(
         Param("Name", help="agent name or id", required=True),
         Param("DeleteData", Kind.SWITCH, "also delete the agent's recovery points"),
+        SECURITY_PIN_PARAM,
     ),
     run=_remove_agent,
     positional="Name",
     description="Unregisters the agent: its credential stops working. Its recovery points "
-    "stay restorable unless -DeleteData is given.",
-    examples=("stockade Remove-Agent -Name web01", "stockade Remove-Agent web01 -DeleteData"),
+    "stay restorable unless -DeleteData is given, which needs -SecurityPin.",
+    examples=(
+        "stockade Remove-Agent -Name web01",
+        "stockade Remove-Agent web01 -DeleteData -SecurityPin 12345678",
+    ),
 )

@@ -10,6 +10,7 @@ from typing import Any, Final
 from server.cli.args import Kind, Param
 from server.cli.client import segment
 from server.cli.cmdlet import Cmdlet, Invocation
+from server.cli.cmdlets_pins import SECURITY_PIN_PARAM
 from server.cli.errors import EXIT_OK
 from server.cli.render import local_time, table
 from server.cli.resolve import (
@@ -109,19 +110,35 @@ def _remove_data_source(inv: Invocation) -> int:
     assert ref is not None  # required
     source = resolve_data_source(inv.client, ref)
     source_id = str(source.get("id"))
-    answer = inv.client.delete(f"/data-sources/{segment(source_id)}")
+    body: dict[str, Any] = {"delete_data": inv.args.switch("DeleteData")}
+    pin = inv.args.text("SecurityPin")
+    if pin is not None:
+        body["security_pin"] = pin
+    answer = inv.client.request("DELETE", f"/data-sources/{segment(source_id)}", body=body)
     if inv.json:
         inv.emit_json(answer if answer is not None else {"removed": source_id})
     else:
-        inv.out.write(f"Removed data source {data_source_label(source)} (id {source_id}).\n")
+        suffix = " and its recovery points" if body["delete_data"] else ""
+        inv.out.write(
+            f"Removed data source {data_source_label(source)} (id {source_id}){suffix}.\n"
+        )
     return EXIT_OK
 
 
 REMOVE_DATA_SOURCE: Final = Cmdlet(
     "Remove-DataSource",
     "stop protecting a data source",
-    params=(Param("DataSource", help=DATA_SOURCE_PARAM_HELP, required=True),),
+    params=(
+        Param("DataSource", help=DATA_SOURCE_PARAM_HELP, required=True),
+        Param("DeleteData", Kind.SWITCH, "also delete its recovery points"),
+        SECURITY_PIN_PARAM,
+    ),
     run=_remove_data_source,
     positional="DataSource",
-    examples=("stockade Remove-DataSource -DataSource web01:srv",),
+    description="Its recovery points stay restorable unless -DeleteData is given, which "
+    "needs -SecurityPin.",
+    examples=(
+        "stockade Remove-DataSource -DataSource web01:srv",
+        "stockade Remove-DataSource web01:srv -DeleteData -SecurityPin 12345678",
+    ),
 )

@@ -10,6 +10,15 @@ from server.cli.resolve import expect_object
 __all__ = ["GET_STORAGE_POOL"]
 
 
+def _percent(value: object) -> str:
+    return f"{value:.1f} %" if isinstance(value, int | float) else "-"
+
+
+def _yes_no(value: object) -> str:
+    # PowerShell's look for booleans; "-" when an older server does not say.
+    return str(value) if isinstance(value, bool) else "-"
+
+
 def _get_storage_pool(inv: Invocation) -> int:
     pool = expect_object(inv.client.get("/storage-pool"), inv.client, "GET /storage-pool")
     if inv.json:
@@ -27,6 +36,9 @@ def _get_storage_pool(inv: Invocation) -> int:
                 ("DedupRatio", f"{ratio:.2f}" if isinstance(ratio, int | float) else "-"),
                 ("FileSystemSize", human_bytes(pool.get("fs_total_bytes"))),
                 ("FreeSpace", human_bytes(pool.get("fs_free_bytes"))),
+                ("UsedPercent", _percent(pool.get("fs_used_percent"))),
+                ("Reserve", human_bytes(pool.get("reserve_bytes"))),
+                ("BelowReserve", _yes_no(pool.get("below_reserve"))),
                 ("ScratchPath", str(pool.get("scratch_path"))),
                 ("ScratchUsed", human_bytes(pool.get("scratch_used_bytes"))),
             ]
@@ -37,7 +49,7 @@ def _get_storage_pool(inv: Invocation) -> int:
 
 GET_STORAGE_POOL: Final = Cmdlet(
     "Get-StoragePool",
-    "pool size, stored vs logical bytes, dedup ratio, free space",
+    "pool size, stored vs logical bytes, dedup ratio, free space and its reserve",
     run=_get_storage_pool,
     examples=("stockade Get-StoragePool -Json",),
 )

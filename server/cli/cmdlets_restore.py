@@ -13,6 +13,7 @@ from server.cli.args import Kind, Param
 from server.cli.client import segment
 from server.cli.cmdlet import Cmdlet, Invocation
 from server.cli.cmdlets_backup import WAIT_PARAM
+from server.cli.cmdlets_cloud import resolve_online_rp
 from server.cli.cmdlets_datasources import DATA_SOURCE_PARAM_HELP
 from server.cli.errors import EXIT_OK, UsageError
 from server.cli.jobwait import report_started, wait_and_report
@@ -44,6 +45,14 @@ def _recovery_point(inv: Invocation) -> dict[str, object]:
     ds_ref = inv.args.text("DataSource")
     ds_id = None if ds_ref is None else str(resolve_data_source(inv.client, ds_ref).get("id"))
     return resolve_recovery_point(inv.client, ref, ds_id)
+
+
+def _online_recovery_point(inv: Invocation) -> dict[str, object]:
+    ref = inv.args.text("RecoveryPoint")
+    assert ref is not None  # required
+    ds_ref = inv.args.text("DataSource")
+    ds_id = None if ds_ref is None else str(resolve_data_source(inv.client, ds_ref).get("id"))
+    return resolve_online_rp(inv.client, ref, ds_id)
 
 
 def _mode(mode: object) -> str:
@@ -101,12 +110,15 @@ def _conflict(inv: Invocation) -> str:
 
 def _start_restore(inv: Invocation) -> int:
     conflict = _conflict(inv)
-    point = _recovery_point(inv)
+    from_cloud = inv.args.switch("FromCloud")
+    point = _online_recovery_point(inv) if from_cloud else _recovery_point(inv)
     body: dict[str, object] = {
         "rp_id": point.get("id"),
         "items": inv.args.items("Item"),
         "conflict": conflict,
     }
+    if from_cloud:
+        body["from_cloud"] = True
     target_agent = inv.args.text("TargetAgent")
     if target_agent is not None:
         body["target_agent"] = str(resolve_agent(inv.client, target_agent).get("id"))
@@ -130,6 +142,11 @@ START_RESTORE: Final = Cmdlet(
         Param("Overwrite", Kind.SWITCH, "replace files that exist at the target"),
         Param("Skip", Kind.SWITCH, "keep files that exist at the target"),
         Param("Rename", Kind.SWITCH, "restore beside existing files as a copy (default)"),
+        Param(
+            "FromCloud",
+            Kind.SWITCH,
+            "restore from the vault (an online RP id, or the disk RP id it copies)",
+        ),
         WAIT_PARAM,
         _DS_PARAM,
     ),

@@ -8,9 +8,9 @@ code. The codes are fixed by CLI.md:
 * 1 a check that answered False, a job that failed or was cancelled, a request the server
   refused for the object's state (409, 422, 5xx),
 * 2 bad usage or bad input (unknown cmdlet or parameter, missing value, unknown or
-  ambiguous object, 400/404),
-* 3 server unreachable or unauthorised (connection refused, TLS failure, timeout, 401/403,
-  503 not ready, an answer that is not the API's JSON).
+  ambiguous object, 400/404, a 403 with the API's reason such as a refused security PIN),
+* 3 server unreachable or unauthorised (connection refused, TLS failure, timeout, 401, a
+  403 without the API's reason, 503 not ready, an answer that is not the API's JSON).
 """
 
 from typing import Final

@@ -20,7 +20,7 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from tests.support.mqtt import free_port, require_binary
 
@@ -45,6 +45,31 @@ def stop_process(proc: subprocess.Popen[bytes] | None, sig: int, timeout: float)
     except subprocess.TimeoutExpired:
         proc.kill()
         return proc.wait()
+
+
+def kill_managed_broker(data_dir: Path) -> None:
+    """SIGKILL the Mosquitto a server on `data_dir` started, if it is still running."""
+    conf = str(data_dir / "broker")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmd and cmd[0].endswith(b"mosquitto") and any(conf.encode() in c for c in cmd):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.name), signal.SIGKILL)
+
+
+class ServerAddress(Protocol):
+    """Where agents find a server: a subprocess (ServerProc) or an in-process one (sim)."""
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def ca_file(self) -> Path: ...
 
 
 @dataclass
@@ -155,7 +180,7 @@ class ServerProc:
             if isinstance(doc, dict):
                 yield doc
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 90.0) -> int | None:
         return stop_process(self.proc, sig, timeout)
 
     def kill9(self) -> None:
@@ -164,17 +189,7 @@ class ServerProc:
         self.stop(signal.SIGKILL)
 
     def _kill_managed_broker(self) -> None:
-        conf = str(self.data_dir / "broker")
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                cmd = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if cmd and cmd[0].endswith(b"mosquitto") and any(conf.encode() in c for c in cmd):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(entry.name), signal.SIGKILL)
+        kill_managed_broker(self.data_dir)
 
     def operator_token(self) -> str:
         return (self.data_dir / "operator.token").read_text().strip()
@@ -210,7 +225,7 @@ class ServerProc:
 
 @dataclass
 class AgentProc:
-    server: ServerProc
+    server: ServerAddress
     state_dir: Path
     name: str
     proc: subprocess.Popen[bytes] | None = None
@@ -262,7 +277,7 @@ class AgentProc:
         )
         log.close()
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 90.0) -> int | None:
         return stop_process(self.proc, sig, timeout)
 
     def tail(self, n: int = 60) -> str:
@@ -270,6 +285,24 @@ class AgentProc:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
         except FileNotFoundError:
             return "(no log)"
+
+
+def run_cli(cli_config: Path, args: Sequence[str], timeout: float = 300.0) -> CliResult:
+    """The real `stockade` CLI with the server-written config (no STOCKADE_* overrides)."""
+    env = dict(os.environ)
+    env["STOCKADE_CLI_CONFIG"] = str(cli_config)
+    for key in ("STOCKADE_SERVER", "STOCKADE_TOKEN", "STOCKADE_CA_FILE"):
+        env.pop(key, None)
+    proc = subprocess.run(
+        [_bin("stockade"), *args],
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=timeout,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
 @dataclass
@@ -285,20 +318,7 @@ class Stack:
         return stack
 
     def cli(self, *args: str, timeout: float = 300.0, check: bool = False) -> CliResult:
-        env = dict(os.environ)
-        env["STOCKADE_CLI_CONFIG"] = str(self.server.data_dir / "cli.toml")
-        for key in ("STOCKADE_SERVER", "STOCKADE_TOKEN", "STOCKADE_CA_FILE"):
-            env.pop(key, None)
-        proc = subprocess.run(
-            [_bin("stockade"), *args],
-            capture_output=True,
-            check=False,
-            text=True,
-            timeout=timeout,
-            env=env,
-            stdin=subprocess.DEVNULL,
-        )
-        result = CliResult(proc.returncode, proc.stdout, proc.stderr)
+        result = run_cli(self.server.data_dir / "cli.toml", args, timeout)
         if check and result.code != 0:
             raise AssertionError(
                 f"stockade {' '.join(args)} exited {result.code}:\n{result.out}\n{result.err}\n"

@@ -56,8 +56,17 @@ async def test_cancelled_restore_leaves_no_temp_files(tmp_path: Path, pool: Stor
     task = asyncio.create_task(
         restore(pool.iter_entries(rp), fetcher, RestoreOptions(target=target))
     )
-    # c_big's first chunk reaches its temp file; then the source stalls.
-    await until(lambda: half_written(target), task)
+    # c_big's first chunk reaches its temp file; then the source stalls. Files are
+    # written by worker threads, so b_second may land after c_big's first bytes: wait
+    # for both small files too (under load the rename came second once).
+    await until(
+        lambda: (
+            half_written(target)
+            and (target / "a_first").exists()
+            and (target / "b_second").exists()
+        ),
+        task,
+    )
 
     task.cancel()
     with pytest.raises(asyncio.CancelledError):

@@ -204,11 +204,10 @@ def test_get_recovery_point(api: FakeApi, api_cli: Cli) -> None:
     assert "rp-b     web01:/srv" in table.out and "5.0 GiB" in table.out
 
 
-def test_cloud_tier_is_empty_with_a_note(api_cli: Cli) -> None:
+def test_cloud_tier_is_asked_of_the_server(api: FakeApi, api_cli: Cli) -> None:
     result = api_cli("Get-RecoveryPoint", "-Tier", "Cloud", "-Json")
-    assert result.code == 0
-    assert result.json() == []
-    assert "cloud tier is not available" in result.err
+    assert result.code == 0, result.err
+    assert api.last("GET", "/recovery-points").query == {"tier": "cloud"}
 
 
 def test_get_recoverable_item(api: FakeApi, api_cli: Cli) -> None:

@@ -49,9 +49,9 @@ def test_unknown_parameter_is_usage_error_before_any_connection(cli: Cli) -> Non
 
 
 def test_missing_required_parameter(cli: Cli) -> None:
-    result = cli("Start-Backup", "-Wait")
+    result = cli("Remove-DataSource", "-DeleteData")
     assert result.code == 2
-    assert result.err == "stockade: Start-Backup needs -DataSource\n"
+    assert result.err == "stockade: Remove-DataSource needs -DataSource\n"
 
 
 def test_no_server_configured_is_usage_error(cli: Cli) -> None:
@@ -68,9 +68,9 @@ def test_conflicting_restore_switches_fail_before_any_connection(cli: Cli) -> No
 
 
 def test_cmdlet_not_delivered_yet(cli: Cli) -> None:
-    result = cli("get-vault", "-Json")
+    result = cli("start-garbagecollection", "-Json")
     assert result.code == 2
-    assert "Get-Vault is not available yet in this version" in result.err
+    assert "Start-GarbageCollection is not available yet in this version" in result.err
 
 
 def test_help_as_a_subprocess() -> None:

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from server import catalog_schema
-from server.catalog import Catalog, CatalogError
+from server.catalog import Catalog, CatalogError, ConflictError, JobKind, JobState
+from server.catalog_rows import JobTrigger
+from server.ids import AgentId, DataSourceId
 from tests.unit.server.catalog_fixture import FakeClock, opened
 
 
@@ -96,10 +98,13 @@ async def test_failed_migration_leaves_the_previous_version(
         pass
     broken = "CREATE TABLE half_done (x INTEGER); INSERT INTO no_such_table VALUES (1);"
     monkeypatch.setattr(catalog_schema, "MIGRATIONS", [*catalog_schema.MIGRATIONS, broken])
-    with pytest.raises(CatalogError, match="migration to schema version 2 failed") as info:
+    broken_version = catalog_schema.SCHEMA_VERSION + 1
+    with pytest.raises(
+        CatalogError, match=f"migration to schema version {broken_version} failed"
+    ) as info:
         await Catalog.open(path)
     assert str(path) in str(info.value)
-    assert _pragma(path, "user_version") == 1
+    assert _pragma(path, "user_version") == broken_version - 1
     with sqlite3.connect(path) as db:
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_schema")}
     assert "half_done" not in tables
@@ -130,3 +135,40 @@ def test_only_the_catalog_imports_aiosqlite() -> None:
                 if any(n.split(".")[0] == "aiosqlite" for n in names):
                     importers.append(str(path.relative_to(root)))
     assert importers == ["server/catalog_base.py"]
+
+
+async def test_version_1_catalog_keeps_its_jobs_when_migrated(tmp_path: Path) -> None:
+    """Version 2 rebuilds `jobs` (SQLite cannot relax NOT NULL in place): every row of a
+    version-1 catalog comes through with the new columns at their defaults."""
+    path = tmp_path / "catalog.sqlite"
+    with sqlite3.connect(path) as db:
+        db.executescript(catalog_schema.MIGRATIONS[0] + "\nPRAGMA user_version = 1;")
+        db.execute(
+            "INSERT INTO agents (id, name, hostname, credential_hash, created_at)"
+            " VALUES ('a1b2c3d4e5f6', 'web01', 'web01', 'h', 1)"
+        )
+        db.execute(
+            "INSERT INTO data_sources (id, agent_id, name, kind, spec, created_at)"
+            " VALUES ('ds-0123456789', 'a1b2c3d4e5f6', '/srv', 'files', '{}', 1)"
+        )
+        db.execute(
+            "INSERT INTO jobs (id, kind, state, agent_id, data_source_id, params, progress,"
+            " created_at, updated_at) VALUES ('job-0123456789ab', 'backup', 'queued',"
+            " 'a1b2c3d4e5f6', 'ds-0123456789', '{\"x\": 1}', '{}', 2, 2)"
+        )
+    async with opened(path) as catalog:
+        job = await catalog.get_job("job-0123456789ab")
+        assert (job.kind, job.state, job.agent_id, job.params) == (
+            JobKind.BACKUP,
+            JobState.QUEUED,
+            "a1b2c3d4e5f6",
+            {"x": 1},
+        )
+        assert (job.trigger, job.attempt, job.retryable) == (JobTrigger.MANUAL, 1, False)
+        assert (await catalog.get_data_source("ds-0123456789")).protection_group_id is None
+        # The partial unique index came back with the table.
+        with pytest.raises(ConflictError):
+            await catalog.create_job(
+                JobKind.BACKUP, AgentId("a1b2c3d4e5f6"), DataSourceId("ds-0123456789"), {}
+            )
+    assert _pragma(path, "user_version") == catalog_schema.SCHEMA_VERSION
