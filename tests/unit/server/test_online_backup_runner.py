@@ -1,0 +1,240 @@
+"""Online backup jobs (server/online_backup.py) with a real catalog, a real pool and a real
+folder vault registered through `VaultRegistry` (test-only KDF parameters)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from server.catalog import Catalog, JobKind, JobState, recovery_point_labels
+from server.catalog_errors import ConflictError
+from server.catalog_rows import AgentRow, DataSourceRow
+from server.config import ServerConfig
+from server.online_backup import (
+    NoDiskRecoveryPointError,
+    NoVaultRegisteredError,
+    OnlineBackupRunner,
+)
+from server.scratch_bound import ScratchGuard
+from server.vault_registry import VaultRegistry
+from storage_pool import RecoveryPoint, StoragePool
+from storage_pool.vault.backend import VaultBackend
+from storage_pool.vault.folder import FolderBackend
+from storage_pool.vault.retry import RetryPolicy
+from storage_pool.vault.scratch import scratch_usage
+from tests.unit.pool.file_backup import file_entries
+from tests.unit.pool.pool_opener import PoolOpener
+from tests.unit.server.catalog_fixture import FakeClock
+from tests.unit.server.cloud_fixture import MiB, online_config
+from tests.unit.server.vault_fixture import PASSPHRASE, folder_spec, registry
+from tests.unit.vault.online_support import CountingBackend
+
+
+@dataclass
+class Site:
+    data_dir: Path
+    catalog: Catalog
+    pool: StoragePool
+    registry: VaultRegistry
+    config: ServerConfig
+    agent: AgentRow
+    ds: DataSourceRow
+
+
+@pytest.fixture
+async def site(tmp_path: Path, catalog: Catalog, clock: FakeClock, pools: PoolOpener) -> Site:
+    data_dir = tmp_path / "server"
+    token, _ = await catalog.create_agent_token(600)
+    agent, _, _ = await catalog.register_agent(token, None, "web01")
+    ds = await catalog.add_data_source(agent.id, "files", ["/srv"], [])
+    return Site(
+        data_dir,
+        catalog,
+        await pools.create(),
+        registry(data_dir, clock),
+        online_config(data_dir),
+        agent,
+        ds,
+    )
+
+
+async def register_vault(s: Site, root: Path) -> None:
+    creds = (await s.registry.new_vault(folder_spec(root))).to_doc()
+    await s.registry.register(creds, PASSPHRASE)
+
+
+async def backup(s: Site, files: Mapping[bytes, bytes]) -> RecoveryPoint:
+    chunker = s.pool.new_chunker()
+    chunked = {p: [bytes(v) for v in chunker.cut(d)] for p, d in files.items()}
+    async with s.pool.session(s.ds.id) as session:
+        for pieces in chunked.values():
+            await session.put_data(pieces)
+        await session.add_entries(file_entries(chunked))
+        rp = await session.commit(recovery_point_labels(s.agent, s.ds, None))
+    await s.catalog.add_recovery_point(rp)
+    return rp
+
+
+def runner(s: Site, clock: FakeClock, **kwargs: Any) -> OnlineBackupRunner:
+    return OnlineBackupRunner(
+        s.catalog,
+        s.pool,
+        s.registry,
+        lambda: s.config,
+        clock,
+        scratch=ScratchGuard(s.catalog, None, lambda: s.config),
+        **kwargs,
+    )
+
+
+async def test_job_copies_the_latest_rp_and_records_it(
+    tmp_path: Path, site: Site, clock: FakeClock
+) -> None:
+    await register_vault(site, tmp_path / "vault")
+    await backup(site, {b"a.bin": os.urandom(3 * MiB)})
+    clock.now += 3600
+    newest = await backup(site, {b"a.bin": os.urandom(3 * MiB), b"b.txt": b"hello" * 1000})
+    online = runner(site, clock)
+    try:
+        job = await online.start(site.ds.id)
+        assert job.kind is JobKind.ONLINE_BACKUP and job.data_source_id == site.ds.id
+        done = await online.run_job(job)
+        assert done.state is JobState.SUCCEEDED, done.error
+        assert done.result is not None
+        assert done.result["disk_rp_id"] == newest.id
+        assert done.result["bytes_uploaded"] > 3 * MiB
+        assert 0 < done.result["scratch_high_water"] <= done.result["scratch_bound"]
+        (row,) = await site.catalog.list_online_rps(site.ds.id)
+        assert row.id == done.result["online_rp_id"]
+        assert row.disk_rp_id == newest.id and row.job_id == job.id
+        assert row.logical_bytes == newest.logical_bytes
+        assert scratch_usage(site.config.scratch_path) == 0
+
+        # Nothing new on disk: the second job uploads nothing.
+        again = await online.run_job(await online.start(site.ds.id))
+        assert again.state is JobState.SUCCEEDED, again.error
+        assert again.result is not None
+        assert again.result["already_online"] is True
+        assert again.result["bytes_uploaded"] == 0
+        assert len(await site.catalog.list_online_rps(site.ds.id)) == 1
+    finally:
+        await online.close()
+
+
+async def test_a_new_rp_uploads_only_new_chunks(
+    tmp_path: Path, site: Site, clock: FakeClock
+) -> None:
+    await register_vault(site, tmp_path / "vault")
+    big = os.urandom(4 * MiB)
+    await backup(site, {b"big": big})
+    online = runner(site, clock)
+    try:
+        first = await online.run_job(await online.start(site.ds.id))
+        assert first.state is JobState.SUCCEEDED, first.error
+        clock.now += 3600
+        await backup(site, {b"big": big, b"small": b"x" * 10_000})
+        second = await online.run_job(await online.start(site.ds.id))
+        assert second.state is JobState.SUCCEEDED, second.error
+        assert second.result is not None and first.result is not None
+        assert 0 < second.result["bytes_uploaded"] < first.result["bytes_uploaded"] // 4
+        assert len(await site.catalog.list_online_rps(site.ds.id)) == 2
+    finally:
+        await online.close()
+
+
+async def test_refusals_name_the_problem(tmp_path: Path, site: Site, clock: FakeClock) -> None:
+    online = runner(site, clock)
+    with pytest.raises(NoVaultRegisteredError, match="no vault is registered"):
+        await online.start(site.ds.id)
+    await register_vault(site, tmp_path / "vault")
+    with pytest.raises(NoDiskRecoveryPointError, match="no disk recovery point"):
+        await online.start(site.ds.id)
+    await backup(site, {b"f": b"data" * 100})
+    job = await online.start(site.ds.id)
+    with pytest.raises(ConflictError, match=f"online backup job {job.id}"):
+        await online.start(site.ds.id)
+    cancelled = await online.cancel(job)
+    assert cancelled.state is JobState.CANCELLED
+    assert (await online.start(site.ds.id)).state is JobState.QUEUED
+    await online.close()
+
+
+async def test_transient_failure_is_retryable_and_the_next_job_resumes(
+    tmp_path: Path, site: Site, clock: FakeClock
+) -> None:
+    await register_vault(site, tmp_path / "vault")
+    await backup(site, {b"a.bin": os.urandom(6 * MiB)})
+    wrappers: list[CountingBackend] = []
+
+    def failing(spec: Mapping[str, Any]) -> VaultBackend:
+        backend = CountingBackend(FolderBackend(Path(spec["path"])), fail_after=3)
+        wrappers.append(backend)
+        return backend
+
+    no_retry = RetryPolicy(initial=0.01, maximum=0.01, budget=0.0, max_attempts=1)
+    broken = runner(site, clock, opener=failing, retry=no_retry)
+    try:
+        failed = await broken.run_job(await broken.start(site.ds.id))
+    finally:
+        await broken.close()
+    assert failed.state is JobState.FAILED
+    assert failed.retryable is True
+    assert failed.error is not None and "injected outage" in failed.error
+    assert scratch_usage(site.config.scratch_path) == 0
+    assert await site.catalog.list_online_rps(site.ds.id) == []
+    uploaded_before = {name for name, _ in wrappers[0].puts}
+    assert uploaded_before  # some packs made it before the outage
+
+    counted: list[CountingBackend] = []
+
+    def counting(spec: Mapping[str, Any]) -> VaultBackend:
+        backend = CountingBackend(FolderBackend(Path(spec["path"])))
+        counted.append(backend)
+        return backend
+
+    healthy = runner(site, clock, opener=counting)
+    try:
+        done = await healthy.run_job(await healthy.start(site.ds.id))
+    finally:
+        await healthy.close()
+    assert done.state is JobState.SUCCEEDED, done.error
+    assert not uploaded_before & {name for name, _ in counted[0].puts}
+    assert len(await site.catalog.list_online_rps(site.ds.id)) == 1
+
+
+async def test_stop_job_cancels_at_a_safe_point(
+    tmp_path: Path, site: Site, clock: FakeClock
+) -> None:
+    await register_vault(site, tmp_path / "vault")
+    await backup(site, {b"a.bin": os.urandom(8 * MiB)})
+    online = runner(site, clock)
+    job = await online.start(site.ds.id)
+
+    stopped: list[bool] = []
+
+    def stop_on_first_put(spec: Mapping[str, Any]) -> VaultBackend:
+        backend = CountingBackend(FolderBackend(Path(spec["path"])))
+
+        def on_put() -> None:
+            if not stopped:
+                stopped.append(True)
+                entry = online._running[job.id]
+                entry.cancelled_by_operator = True
+                entry.stop.set()
+
+        backend.on_put = on_put
+        return backend
+
+    online._opener = stop_on_first_put
+    try:
+        done = await online.run_job(job)
+    finally:
+        await online.close()
+    assert done.state is JobState.CANCELLED, done.error
+    assert scratch_usage(site.config.scratch_path) == 0
+    assert await site.catalog.list_online_rps(site.ds.id) == []
