@@ -88,6 +88,11 @@ LIVE_KEYS: Final[frozenset[str]] = frozenset(
         "alerts.pool_critical_percent",
         "agents.heartbeat_seconds",
         "agents.offline_after_seconds",
+        "online.retry_budget_seconds",
+        "cloud.probe_interval_minutes",
+        "cloud.lost_after_days",
+        "cloud.rejections_to_change_state",
+        "cloud.lost_stops_disk_backups",
     }
 )
 
@@ -286,6 +291,20 @@ class OnlineSettings:
 
     parallelism: int = field(default=4, metadata=_rule(lo=1, hi=64))
     pack_mib: int = field(default=32, metadata=_rule(lo=1, hi=1024))
+    # How long a job retries transient vault errors (outage, throttling) before failing.
+    retry_budget_seconds: int = field(default=300, metadata=_rule(lo=1, hi=86400))
+
+
+@dataclass(frozen=True)
+class CloudSettings:
+    """``[cloud]``: the connectivity monitor and the vault-state policy (DESIGN.md table)."""
+
+    probe_interval_minutes: int = field(default=5, metadata=_rule(lo=1, hi=1440))
+    lost_after_days: int = field(default=15, metadata=_rule(lo=1, hi=365))
+    # Consecutive rejections (credential refused, container gone) before the vault state
+    # turns expired or deprovisioned: one stray 403/404 must not delete online RPs.
+    rejections_to_change_state: int = field(default=2, metadata=_rule(lo=1, hi=100))
+    lost_stops_disk_backups: bool = True
 
 
 @dataclass(frozen=True)
@@ -340,6 +359,7 @@ class ServerConfig:
     pool: PoolSettings = field(default_factory=PoolSettings)
     scratch: ScratchSettings = field(default_factory=ScratchSettings)
     online: OnlineSettings = field(default_factory=OnlineSettings)
+    cloud: CloudSettings = field(default_factory=CloudSettings)
     jobs: JobsSettings = field(default_factory=JobsSettings)
     agents: AgentsSettings = field(default_factory=AgentsSettings)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
@@ -427,6 +447,7 @@ _SECTIONS: Final[dict[str, type[Any]]] = {
     "pool": PoolSettings,
     "scratch": ScratchSettings,
     "online": OnlineSettings,
+    "cloud": CloudSettings,
     "jobs": JobsSettings,
     "agents": AgentsSettings,
     "scheduler": SchedulerSettings,
@@ -482,8 +503,10 @@ def load_server_config(
 
 
 def _from_text(cls: type[Any], key: str, text: str) -> object:
-    """Turn an override string into the TOML type the key expects (ints only differ)."""
+    """Turn an override string into the TOML type the key expects (ints and bools differ)."""
     hints = get_type_hints(cls)
+    if hints.get(key) is bool:
+        return {"true": True, "false": False}.get(text, text)
     if hints.get(key) is int:
         try:
             return int(text, 10)
@@ -516,6 +539,10 @@ def _parse(source: str, key: str, hint: object, meta: Mapping[str, Any], value: 
     def bad(allowed: str) -> ConfigError:
         return ConfigError(source, key, f"{value!r} is not allowed; expected {allowed}")
 
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
     if hint is int:
         lo, hi = meta["lo"], meta["hi"]
         if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
