@@ -12,8 +12,8 @@ any point leaves a vault that readers accept and a next job that resumes):
      that the location cache does not know are read from the pool (verified against
      their ids; a few batches read ahead on the pool's executor), sealed into packs in
      the scratch area (each blob reserved in the `ScratchBudget` before the file grows;
-     a batch of blobs sealed and written per executor hop) and uploaded with bounded
-     parallelism while the next pack is built.
+     each pack sealed and written batch by batch on its own thread, pack_build.py, so
+     a pack finishes while the next one fills) and uploaded with bounded parallelism.
      Per pack: put (the backend checks the SHA-256) -> head shows the local size ->
      recorded in the location cache -> scratch file deleted -> budget released.
   2. Index segments for every pack no segment covers yet (this job's and adopted ones).
@@ -33,6 +33,7 @@ leave the scratch area empty and the vault consistent (steps 2-4 are not started
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import time
 from collections import deque
@@ -61,6 +62,7 @@ from storage_pool.vault.pack import (
     pack_name_of_scratch_file,
     trailer_span,
 )
+from storage_pool.vault.pack_build import PackBuild
 from storage_pool.vault.scratch import ScratchBudget, ScratchTooSmallError, clean_scratch
 from storage_pool.vault.vault import Vault
 
@@ -72,6 +74,7 @@ TRAILER_FIXED_BYTES = 64 + OVERHEAD + TAIL.size
 READ_BATCH = 32
 READ_AHEAD = 3
 SEGMENT_MAX_ENTRIES = 200_000
+WRITES_QUEUED = 4
 
 
 class UploadVerifyError(VaultFormatError):
@@ -204,7 +207,12 @@ async def _verify_size(vault: Vault, name: str, size: int) -> None:
 
 
 class _Packer:
-    """Step 1: the producer (pool -> packs) and the bounded uploads (packs -> vault)."""
+    """Step 1: the producer (pool -> packs) and the bounded uploads (packs -> vault).
+
+    The loop only plans: it reserves scratch for each blob and assigns it to the open
+    pack; the pack's own thread (pack_build.py) seals and writes it, and finishing a
+    full pack overlaps with filling the next one and with the uploads before it.
+    """
 
     def __init__(
         self,
@@ -225,14 +233,17 @@ class _Packer:
         self.tasks: set[asyncio.Task[None]] = set()
         # Packs handed to an upload task whose finally has not run: a task cancelled
         # before its first step never runs it, so abort cleans these up itself.
-        self.unreleased: dict[str, tuple[FinishedPack, int]] = {}
+        self.unreleased: dict[str, tuple[PackBuild, int]] = {}
         self.in_flight = 0
-        self.writer: PackWriter | None = None
-        self.reserved = 0  # reserved for the pack being written (pending blobs included)
-        # Blobs reserved for the pack being written but not yet handed to its writer,
-        # and the size the pack will have with them (sealed), which decides when it is full.
+        self.build: PackBuild | None = None
+        self.reserved = 0  # reserved for the open pack (pending blobs included)
+        # Blobs reserved for the open pack but not yet handed to its thread, and the
+        # size the pack will have with them (sealed), which decides when it is full.
         self.pending: list[tuple[ChunkId, bytes]] = []
         self.planned_size = 0
+        # Batches handed to pack threads and not yet written: they hold their frames in
+        # memory, so the producer waits once WRITES_QUEUED are outstanding.
+        self.writes: deque[asyncio.Future[int]] = deque()
         self.failure: BaseException | None = None
         self.packs_uploaded = 0
         self.bytes_uploaded = 0
@@ -240,35 +251,30 @@ class _Packer:
         self.report: Callable[[], None] = lambda: None
 
     async def add_batch(self, frames: Sequence[tuple[ChunkId, bytes]]) -> None:
-        """Reserve, seal and append `frames`, shipping each pack as it fills.
+        """Reserve `frames` and queue them on the open pack, shipping each pack as it fills.
 
-        Reservations are taken here, on the loop, for every blob before the writer
-        thread grows the file by it; the blobs reserved so far go to the writer in one
-        executor hop (with `finish` when the pack is full), not one hop per chunk.
+        Reservations are taken here, on the loop, for every blob before the pack's
+        thread grows the file by it; the blobs reserved so far go to that thread as
+        one batch (with `finish` when the pack is full), and the loop does not wait.
         """
         for cid, frame in frames:
             blob = len(frame) + OVERHEAD + TRAILER_ROW_BYTES
             while True:
                 self.raise_failure()
-                need = blob + (TRAILER_FIXED_BYTES if self.writer is None else 0)
+                need = blob + (TRAILER_FIXED_BYTES if self.build is None else 0)
                 if need > self.budget.limit:
                     raise ScratchTooSmallError(need, self.budget.limit)
+                if self.budget.try_reserve(need):
+                    break
                 if await self.budget.reserve(need, stuck=lambda: self.in_flight == 0):
                     break
-                # Nothing in flight can release space: ship the pack being written.
-                if self.writer is None:
+                # Nothing in flight can release space: ship the open pack.
+                if self.build is None:
                     raise ScratchTooSmallError(need, self.budget.limit)
                 await self.ship()
-            if self.writer is None:
+            if self.build is None:
                 name = self.vault.namer.new_name(ObjectKind.PACK)
-                self.writer = await asyncio.to_thread(
-                    PackWriter,
-                    self.vault.cipher,
-                    name,
-                    self.scratch_dir,
-                    target_size=self.pack_size,
-                    fsync=False,
-                )
+                self.build = PackBuild(name, functools.partial(self._new_writer, name))
                 self.planned_size = 0
             self.reserved += need
             self.pending.append((cid, frame))
@@ -277,38 +283,46 @@ class _Packer:
                 await self.ship()
         await self.flush()
 
+    def _new_writer(self, name: str) -> PackWriter:
+        return PackWriter(
+            self.vault.cipher, name, self.scratch_dir, target_size=self.pack_size, fsync=False
+        )
+
     async def flush(self) -> None:
-        """Hand the reserved, not yet written blobs to the writer (one executor hop)."""
-        if self.writer is None or not self.pending:
+        """Hand the reserved, not yet queued blobs to the open pack's thread."""
+        if self.build is None or not self.pending:
             return
-        writer, items = self.writer, self.pending
-        self.pending = []
-        await asyncio.to_thread(writer.add_many, items)
-        self.chunks_packed += len(items)
+        items, self.pending = self.pending, []
+        await self._queue(self.build.add_many(items))
+
+    async def _queue(self, write: asyncio.Future[int]) -> None:
+        def counted(done: asyncio.Future[int]) -> None:
+            if not done.cancelled() and done.exception() is None:
+                self.chunks_packed += done.result()
+
+        write.add_done_callback(counted)
+        self.writes.append(write)
+        while self.writes and (self.writes[0].done() or len(self.writes) > WRITES_QUEUED):
+            oldest = self.writes.popleft()
+            await asyncio.wait([oldest])  # never cancels it: the pack's steps stay in order
+            if not oldest.cancelled() and (err := oldest.exception()) is not None:
+                raise err
 
     async def ship(self) -> None:
-        """Write the pending blobs, finish the pack being written and start its upload."""
-        writer, reserved, items = self.writer, self.reserved, self.pending
-        if writer is None:
+        """Queue the pending blobs, then `finish`, on the open pack; start its upload."""
+        build, reserved, items = self.build, self.reserved, self.pending
+        if build is None:
             return
-        self.writer, self.reserved, self.pending = None, 0, []
-
-        def write_and_finish() -> FinishedPack:
-            writer.add_many(items)
-            return writer.finish()
-
-        try:
-            finished = await asyncio.to_thread(write_and_finish)
-        except BaseException:
-            writer.abort()
-            self.budget.release(reserved)
-            raise
-        self.chunks_packed += len(items)
+        self.build, self.reserved, self.pending = None, 0, []
         self.in_flight += 1
-        self.unreleased[finished.name] = (finished, reserved)
-        task = asyncio.create_task(self._upload(finished, reserved))
+        self.unreleased[build.name] = (build, reserved)
+        write = build.add_many(items) if items else None
+        finished = build.finish()
+        task = asyncio.create_task(self._upload(build, finished, reserved))
         self.tasks.add(task)
         task.add_done_callback(self._done)
+        if write is not None:
+            await self._queue(write)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self.tasks.discard(task)
@@ -319,8 +333,12 @@ class _Packer:
         if self.failure is not None:
             raise self.failure
 
-    async def _upload(self, pack: FinishedPack, reserved: int) -> None:
+    async def _upload(
+        self, build: PackBuild, finished: asyncio.Future[FinishedPack], reserved: int
+    ) -> None:
         try:
+            # Shielded: cancelling this task must not cancel the pack thread's step.
+            pack = await asyncio.shield(finished)
             async with self.uploads:
                 await self.vault.backend.put(pack.name, pack.path, sha256=pack.sha256)
                 await _verify_size(self.vault, pack.name, pack.size)
@@ -330,13 +348,18 @@ class _Packer:
                 self.report()  # before the release: scratch is at its fullest here
         finally:
             # Recorded or failed, the file goes: a failed job leaves scratch empty.
-            if self.unreleased.pop(pack.name, None) is not None:
-                # The file goes before its bytes are released: disk usage <= in_use.
-                try:
-                    await asyncio.shield(asyncio.to_thread(pack.path.unlink, missing_ok=True))
-                finally:
-                    self.in_flight -= 1
-                    self.budget.release(reserved)
+            await self._release(build)
+
+    async def _release(self, build: PackBuild) -> None:
+        entry = self.unreleased.pop(build.name, None)
+        if entry is None:
+            return
+        # The file goes before its bytes are released: disk usage <= in_use.
+        try:
+            await asyncio.shield(asyncio.to_thread(build.discard))
+        finally:
+            self.in_flight -= 1
+            self.budget.release(entry[1])
 
     async def drain(self) -> None:
         await self.ship()
@@ -346,19 +369,19 @@ class _Packer:
         self.raise_failure()
 
     async def abort(self) -> None:
-        if self.writer is not None:
-            await asyncio.to_thread(self.writer.abort)
-            self.budget.release(self.reserved)
-            self.writer, self.reserved, self.pending = None, 0, []
+        if self.build is not None:
+            build, reserved = self.build, self.reserved
+            self.build, self.reserved, self.pending = None, 0, []
+            try:
+                await asyncio.to_thread(build.discard)
+            finally:
+                self.budget.release(reserved)
         for task in list(self.tasks):
             task.cancel()
         if self.tasks:
             await asyncio.wait(set(self.tasks))
-        for pack, reserved in self.unreleased.values():
-            await asyncio.to_thread(pack.path.unlink, missing_ok=True)
-            self.in_flight -= 1
-            self.budget.release(reserved)
-        self.unreleased.clear()
+        for build, _ in list(self.unreleased.values()):
+            await self._release(build)
 
 
 async def _pack_chunks(
