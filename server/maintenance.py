@@ -12,8 +12,14 @@ One `run_once` (at most one at a time; a second caller waits for the first):
    (``server_state`` ``last_gc_at``), one job (kind gc) runs the pool's GC. GC compares
    chunk file times with real time, so it is given no clock; its safety margin is
    `gc_safety` (12 hours by default, keeping an interrupted backup's chunks for a resume).
+   A server that never recorded a GC (a fresh install) records the clock's now instead of
+   collecting at once: the first GC comes an interval later, not during the first minutes
+   of a new server (when a stop must be quick). A task cancellation (server stop) sets the
+   GC's stop event, which the engine checks between steps, and fails the job as
+   retryable; the pool's executor is then free within one shard's work.
 3. **Cloud GC.** With an online runner attached (`online`) and a vault registered, once a
-   day on the clock (``server_state`` ``last_cloud_gc_at``) or with ``force_gc``: one job
+   day on the clock (``server_state`` ``last_cloud_gc_at``; like GC, nothing recorded means
+   the day starts now) or with ``force_gc``: one job
    (kind gc, params ``{"tier": "cloud"}``) applies online retention to every data source,
    purges what the 14-day grace has released and repacks mostly-garbage packs, holding
    the runner's writer lock (server/online_retention.py). Its failure opens
@@ -35,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -69,6 +76,7 @@ MAINTENANCE_FAILED: Final = "maintenance_failed"
 LAST_GC_KEY: Final = "last_gc_at"
 LAST_CLOUD_GC_KEY: Final = "last_cloud_gc_at"
 CLOUD_GC_SECONDS: Final = 86400.0
+SHUTDOWN_ERROR: Final = "the server shut down while it ran"
 # Errors listed in a prune job's result; the count is always exact.
 _LISTED_ERRORS: Final = 50
 
@@ -129,7 +137,9 @@ class Maintenance:
             pruned, errors, prune_job = await self._prune(now)
             gc_job: JobRow | None = None
             gc: GcReport | None = None
-            if pruned or force_gc or await self._gc_due(now, config):
+            # Asked every run, so a fresh install records its start even when GC runs anyway.
+            due = await self._gc_due(now, config)
+            if pruned or force_gc or due:
                 gc_job, gc = await self._gc(now)
             cloud_gc_job = await self._cloud_gc(now, config, force=force_gc)
             cutoff = now - config.jobs.job_history_days * 86400.0
@@ -212,7 +222,10 @@ class Maintenance:
     async def _gc_due(self, now: float, config: ServerConfig) -> bool:
         last = await self._catalog.get_server_state(LAST_GC_KEY)
         if last is None:
-            return True
+            # A fresh install has nothing to collect yet: its first GC is an interval away.
+            await self._catalog.set_server_state(LAST_GC_KEY, repr(now))
+            log.info("gc_first_scheduled", recorded_at=now)
+            return False
         try:
             return now - float(last) >= config.scheduler.gc_interval_hours * 3600.0
         except ValueError:
@@ -225,8 +238,20 @@ class Maintenance:
             JobTrigger.MAINTENANCE,
         )
         await self._catalog.transition_job(job.id, JobState.RUNNING)
+        stop = threading.Event()
         try:
-            report = await self._pool.gc(self.gc_safety)
+            report = await self._pool.gc(self.gc_safety, stop=stop)
+        except asyncio.CancelledError:
+            # The thread cannot be interrupted; the event ends it at its next step.
+            stop.set()
+            log.warning("gc_stopped", job_id=job.id)
+            with contextlib.suppress(Exception):
+                await asyncio.shield(
+                    self._catalog.transition_job(
+                        job.id, JobState.FAILED, error=SHUTDOWN_ERROR, retryable=True
+                    )
+                )
+            raise
         except Exception as err:
             log.warning("gc_failed", job_id=job.id, error=str(err))
             job = await self._catalog.transition_job(
@@ -263,6 +288,10 @@ class Maintenance:
             return None
         if not force:
             last = await self._catalog.get_server_state(LAST_CLOUD_GC_KEY)
+            if last is None:
+                # Never recorded (a fresh install or a first vault): a day from now.
+                await self._catalog.set_server_state(LAST_CLOUD_GC_KEY, repr(now))
+                return None
             with contextlib.suppress(ValueError):
                 if last is not None and now - float(last) < CLOUD_GC_SECONDS:
                     return None

@@ -22,6 +22,16 @@ Outcome: clean, or every problem repaired: succeeded (repairs counted as warning
 anything left damaged: failed, with the full result document either way. A transient
 storage error past the retry budget fails the job as retryable; a server stop fails a
 running job as retryable.
+
+Stop-Job (`cancel`, reached through `JobManager.server_cancel`, server/job_stop.py): a
+queued job is cancelled at once; a running one has its task cancelled and ends cancelled
+("cancelled by operator") before `cancel` returns, with no result. The partial report is
+discarded on purpose: the engine assembles its report only at the end, and a check cut
+short says nothing about what it did not read, so a half document would read as "clean"
+where it is merely unchecked. What the check already changed stays, each piece complete on
+its own: quarantined chunk files, the index rows it corrected (that step runs to its end in
+its thread), and chunks repaired from the vault (each written atomically). Threads already
+hashing a batch finish that batch and their results are dropped.
 """
 
 from __future__ import annotations
@@ -68,6 +78,7 @@ TIERS: Final = ("disk", "cloud")
 IDLE_SECONDS: Final = 1.0
 CHECK_BATCH: Final = 256
 SHUTDOWN_ERROR: Final = "the server shut down while it ran"
+CANCELLED_ERROR: Final = "cancelled by operator"
 # What a damaged vault object raises while it is read (other errors end the job).
 _DAMAGE: Final = (VaultFormatError, NotFound)
 
@@ -333,6 +344,13 @@ def check_sample(sample: Any) -> float | None:
     return float(sample)
 
 
+@dataclass(slots=True)
+class _Running:
+    job_id: JobId
+    task: asyncio.Task[None] | None = None
+    cancelled_by_operator: bool = False
+
+
 class VerifyRunner:
     def __init__(
         self,
@@ -347,7 +365,7 @@ class VerifyRunner:
         self._clock = clock
         self._start_lock = asyncio.Lock()
         self._wake = asyncio.Event()
-        self._running: JobId | None = None
+        self._running: _Running | None = None
 
     async def start(
         self,
@@ -397,19 +415,45 @@ class VerifyRunner:
         ]
         done: list[JobId] = []
         for job in sorted(queued, key=lambda j: j.created_at):
+            # Stop-Job may have cancelled it while an older one ran.
+            if (await self.catalog.get_job(job.id)).state is not JobState.QUEUED:
+                continue
             await self.run_job(job)
             done.append(job.id)
         return done
 
     async def run_job(self, job: JobRow) -> JobRow:
-        self._running = job.id
+        entry = _Running(job.id)
+        entry.task = asyncio.create_task(self._execute(job, entry), name=f"verify-{job.id}")
+        self._running = entry
         try:
-            await self._execute(job)
+            # Shielded: only `cancel` and a cancellation of this caller (a server stop)
+            # end the job's task, and the caller's own cancellation is never lost.
+            await asyncio.shield(entry.task)
+        except asyncio.CancelledError:
+            entry.task.cancel()
+            await asyncio.wait({entry.task})
+            raise
         finally:
             self._running = None
         return await self.catalog.get_job(job.id)
 
-    async def _execute(self, job: JobRow) -> None:
+    async def cancel(self, job: JobRow) -> JobRow:
+        """Stop-Job (module docstring): the job's row once it has ended."""
+        if job.kind is not JobKind.VERIFY:
+            raise InvalidStateError("job", job.id, f"job {job.id} is not a verify job")
+        entry = self._running
+        if entry is not None and entry.job_id == job.id and entry.task is not None:
+            entry.cancelled_by_operator = True
+            entry.task.cancel()
+            log.info("verify_stop_requested", job_id=job.id)
+            await asyncio.wait({entry.task})
+        elif job.state is JobState.QUEUED:
+            with contextlib.suppress(InvalidStateError):  # it started or ended meanwhile
+                await self.catalog.transition_job(job.id, JobState.CANCELLED, error=CANCELLED_ERROR)
+        return await self.catalog.get_job(job.id)
+
+    async def _execute(self, job: JobRow, entry: _Running) -> None:
         params = job.params or {}
         try:
             await self.catalog.transition_job(job.id, JobState.RUNNING)
@@ -423,6 +467,9 @@ class VerifyRunner:
             else:
                 doc = await verify_disk(self._pool, self._registry, sample=sample, seed=seed)
         except asyncio.CancelledError:
+            if entry.cancelled_by_operator:
+                await self._end(job.id, JobState.CANCELLED, error=CANCELLED_ERROR)
+                return  # `cancel` cancelled this task; nothing above it is being stopped
             await self._end(job.id, JobState.FAILED, error=SHUTDOWN_ERROR, retryable=True)
             raise
         except TransientError as err:

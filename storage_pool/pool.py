@@ -608,8 +608,11 @@ class StoragePool:
 
         return await self.run(work)
 
-    async def gc(self, safety: SafetyParameters = SAFETY_FULL) -> GcReport:
-        return await self.run(collect, self, safety)
+    async def gc(
+        self, safety: SafetyParameters = SAFETY_FULL, *, stop: threading.Event | None = None
+    ) -> GcReport:
+        """`stop`: set it to end the run early (GcCancelledError, storage_pool/gc.py)."""
+        return await self.run(collect, self, safety, stop)
 
     async def verify(
         self,

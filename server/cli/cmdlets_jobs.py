@@ -1,15 +1,20 @@
-"""Job cmdlets: Get-Job, Wait-Job, Stop-Job."""
+"""Job cmdlets: Get-Job, Wait-Job, Stop-Job.
 
-from typing import Final
+Get-Job prints, under its table, a line per unfinished job whose progress carries a
+``status`` (a server job saying what it waits for, e.g. an online backup "retrying after
+connect error (attempt 3, 41 s of 300 s budget used)").
+"""
+
+from typing import Any, Final
 
 from server.cli.args import Kind, Param
 from server.cli.client import segment
 from server.cli.cmdlet import Cmdlet, Invocation
 from server.cli.errors import EXIT_OK
-from server.cli.jobwait import job_table, wait_and_report
+from server.cli.jobwait import is_finished, job_table, wait_and_report
 from server.cli.resolve import expect_list, expect_object, resolve_agent
 
-__all__ = ["GET_JOB", "STOP_JOB", "WAIT_JOB"]
+__all__ = ["GET_JOB", "STOP_JOB", "WAIT_JOB", "status_lines"]
 
 _ID_PARAM: Final = Param("Id", help="job id", required=True)
 
@@ -17,6 +22,18 @@ _ID_PARAM: Final = Param("Id", help="job id", required=True)
 def _get_one(inv: Invocation, job_id: str) -> dict[str, object]:
     path = f"/jobs/{segment(job_id)}"
     return expect_object(inv.client.get(path), inv.client, f"GET {path}")
+
+
+def status_lines(jobs: list[Any]) -> str:
+    """``job ID: STATUS`` for each unfinished job with a progress status."""
+    out = []
+    for job in jobs:
+        if not isinstance(job, dict) or is_finished(job):
+            continue
+        status = (job.get("progress") or {}).get("status")
+        if isinstance(status, str) and status:
+            out.append(f"job {job.get('id')}: {status}\n")
+    return "".join(out)
 
 
 def _get_job(inv: Invocation) -> int:
@@ -37,6 +54,7 @@ def _get_job(inv: Invocation) -> int:
         inv.emit_json(jobs)
     else:
         inv.out.write(job_table(jobs))
+        inv.out.write(status_lines(jobs))
     return EXIT_OK
 
 
@@ -95,6 +113,7 @@ STOP_JOB: Final = Cmdlet(
     run=_stop_job,
     positional="Id",
     description="Asks the server to cancel the job and prints its state; use Wait-Job to wait "
-    "until it has stopped.",
+    "until it has stopped. Backup, restore, online backup and verify jobs can be stopped; "
+    "a stopped verify job keeps no partial result.",
     examples=("stockade Stop-Job -Id 42",),
 )

@@ -5,6 +5,10 @@ file it answers to -OutFile here, mode 0600, never over an existing file: it hol
 storage credentials. Register-Vault reads that file and sends it with the passphrase.
 A generated passphrase is printed once, on stdout, with the instruction to store it
 offline; nothing else ever prints a passphrase.
+
+Passphrases (Register-Vault's, Set-VaultPassphrase's new one) come from -PassphraseFile,
+$STOCKADE_VAULT_PASSPHRASE or a no-echo prompt on a terminal (server/cli/passphrase_input.py);
+-Passphrase still works but shows the passphrase to every user of the host in ``ps``.
 """
 
 import json
@@ -16,6 +20,12 @@ from server.cli.args import Kind, Param
 from server.cli.cmdlet import Cmdlet, Invocation
 from server.cli.cmdlets_pins import SECURITY_PIN_PARAM
 from server.cli.errors import EXIT_OK, CliError, UsageError
+from server.cli.passphrase_input import (
+    PASSPHRASE_ENV,
+    PASSPHRASE_FILE_PARAM,
+    PASSPHRASE_SOURCES,
+    passphrase_from,
+)
 from server.cli.render import key_values, local_time
 from server.cli.resolve import expect_object
 
@@ -170,10 +180,20 @@ def _read_credentials(path_text: str) -> Any:
 def _register_vault(inv: Invocation) -> int:
     creds_file = inv.args.text("CredentialsFile")
     assert creds_file is not None  # required
-    passphrase = inv.args.text("Passphrase")
     generate = inv.args.switch("GeneratePassphrase")
-    if generate == (passphrase is not None):
-        raise UsageError("Register-Vault needs exactly one of -Passphrase or -GeneratePassphrase")
+    passphrase: str | None = None
+    if generate:
+        if inv.args.given("Passphrase") or inv.args.given("PassphraseFile"):
+            raise UsageError(
+                "-GeneratePassphrase makes the passphrase: drop -Passphrase/-PassphraseFile"
+            )
+    else:
+        passphrase = passphrase_from(inv)
+        if passphrase is None:
+            raise UsageError(
+                f"Register-Vault needs the passphrase: {PASSPHRASE_SOURCES};"
+                " or -GeneratePassphrase for a new vault"
+            )
     body: Obj = {"credentials": _read_credentials(creds_file)}
     if generate:
         body["generate_passphrase"] = True
@@ -211,17 +231,26 @@ REGISTER_VAULT: Final = Cmdlet(
     "register this server with a vault (credentials file + passphrase)",
     params=(
         Param("CredentialsFile", help="file written by New-Vault (valid 48 h)", required=True),
-        Param("Passphrase", help="the vault passphrase, at least 16 characters"),
+        PASSPHRASE_FILE_PARAM,
+        Param(
+            "Passphrase",
+            help="the vault passphrase, at least 16 characters (visible to other users in ps:"
+            " prefer -PassphraseFile)",
+        ),
         Param("GeneratePassphrase", Kind.SWITCH, "generate one (new vault only; printed once)"),
     ),
     run=_register_vault,
     description="The first registration of a new vault makes its master key, wrapped by the "
     "passphrase. A later one (an alternate server) unlocks the vault with it. One server, "
     "one vault. An expired credentials file, a passphrase shorter than 16 characters or a "
-    "wrong passphrase is refused and nothing is registered.",
+    "wrong passphrase is refused and nothing is registered. The passphrase comes from "
+    f"-PassphraseFile (first line; mode 0600 or stricter), else ${PASSPHRASE_ENV}, else a "
+    "prompt without echo on a terminal. -Passphrase also works, but every user of this "
+    "host can read it in ps while the command runs.",
     examples=(
         "stockade Register-Vault -CredentialsFile vault.cred -GeneratePassphrase",
-        "stockade Register-Vault -CredentialsFile vault.cred -Passphrase 'long passphrase here'",
+        "stockade Register-Vault -CredentialsFile vault.cred -PassphraseFile /root/vault.pass",
+        "stockade Register-Vault -CredentialsFile vault.cred   # asks for the passphrase",
     ),
 )
 
@@ -264,8 +293,9 @@ GET_VAULT: Final = Cmdlet(
 
 
 def _set_vault_passphrase(inv: Invocation) -> int:
-    passphrase = inv.args.text("Passphrase")
-    assert passphrase is not None  # required
+    passphrase = passphrase_from(inv, "new vault passphrase")
+    if passphrase is None:
+        raise UsageError(f"Set-VaultPassphrase needs the new passphrase: {PASSPHRASE_SOURCES}")
     body: Obj = {"passphrase": passphrase}
     pin = inv.args.text("SecurityPin")
     if pin is not None:
@@ -287,13 +317,25 @@ SET_VAULT_PASSPHRASE: Final = Cmdlet(
     "Set-VaultPassphrase",
     "change the vault passphrase (needs -SecurityPin)",
     params=(
-        Param("Passphrase", help="the new passphrase, at least 16 characters", required=True),
+        Param(
+            "PassphraseFile",
+            help="read the new passphrase from the first line of this file (mode 0600 or stricter)",
+        ),
+        Param(
+            "Passphrase",
+            help="the new passphrase, at least 16 characters (visible to other users in ps:"
+            " prefer -PassphraseFile)",
+        ),
         SECURITY_PIN_PARAM,
     ),
     run=_set_vault_passphrase,
     description="Re-wraps the vault's master key under the new passphrase; no object in the "
-    "vault is rewritten. The old passphrase no longer opens the vault.",
+    "vault is rewritten. The old passphrase no longer opens the vault. The new passphrase "
+    f"comes from -PassphraseFile (first line; mode 0600 or stricter), else ${PASSPHRASE_ENV}, "
+    "else a prompt without echo on a terminal (asked twice). -Passphrase also works, but "
+    "every user of this host can read it in ps while the command runs.",
     examples=(
-        "stockade Set-VaultPassphrase -Passphrase 'new long passphrase' -SecurityPin 12345678",
+        "stockade Set-VaultPassphrase -PassphraseFile /root/new.pass -SecurityPin 12345678",
+        "stockade Set-VaultPassphrase -SecurityPin 12345678   # asks for the new passphrase",
     ),
 )

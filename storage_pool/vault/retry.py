@@ -13,6 +13,10 @@ already yielded.
 
 When given a `TokenBucket`, the wrapper also throttles uploads: each put attempt first
 acquires the object's size in bytes.
+
+`policy` and `observer` are plain attributes a caller may replace between calls (a live
+config change of the budget; the job that currently owns the wrapper watching its
+retries). `observer` gets one `RetryEvent` per retry, before the wait.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from storage_pool.vault.backend import (
 from storage_pool.vault.blocks import data_size
 from storage_pool.vault.throttle import TokenBucket
 
-__all__ = ["RetryPolicy", "Retrying"]
+__all__ = ["RetryEvent", "RetryPolicy", "Retrying"]
 
 T = TypeVar("T")
 
@@ -58,6 +62,20 @@ class RetryPolicy:
             raise ValueError("retry budget must be >= 0 and max_attempts >= 1")
 
 
+@dataclass(frozen=True, slots=True)
+class RetryEvent:
+    """One retry about to happen: `attempt` calls of `what` failed so far, the last with
+    `error`; the next starts after `delay` s, with `spent` s of the call's `budget` used
+    (the delay included)."""
+
+    what: str
+    error: TransientError
+    attempt: int
+    delay: float
+    spent: float
+    budget: float
+
+
 class Retrying(VaultBackend):
     def __init__(
         self,
@@ -69,6 +87,7 @@ class Retrying(VaultBackend):
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
         on_retry: Callable[[str, TransientError, float], None] | None = None,
+        observer: Callable[[RetryEvent], None] | None = None,
     ) -> None:
         self.inner = inner
         self.policy = policy if policy is not None else RetryPolicy()
@@ -77,6 +96,7 @@ class Retrying(VaultBackend):
         self._sleep = sleep
         self._rng = rng if rng is not None else random.Random()
         self._on_retry = on_retry
+        self.observer = observer
 
     @property
     def description(self) -> str:
@@ -89,6 +109,19 @@ class Retrying(VaultBackend):
             delay = max(delay, err.retry_after)
         return delay
 
+    async def _backoff(self, what: str, err: TransientError, attempt: int, started: float) -> None:
+        """Wait before attempt ``attempt + 1``, or re-raise `err` when the policy says stop."""
+        policy = self.policy  # one policy for this decision, even if replaced meanwhile
+        delay = self._delay(attempt - 1, err)
+        spent = self._monotonic() - started
+        if attempt >= policy.max_attempts or spent + delay > policy.budget:
+            raise err
+        if self._on_retry is not None:
+            self._on_retry(what, err, delay)
+        if self.observer is not None:
+            self.observer(RetryEvent(what, err, attempt, delay, spent + delay, policy.budget))
+        await self._sleep(delay)
+
     async def _retry(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         started = self._monotonic()
         attempt = 0
@@ -97,13 +130,7 @@ class Retrying(VaultBackend):
                 return await call()
             except TransientError as err:
                 attempt += 1
-                delay = self._delay(attempt - 1, err)
-                spent = self._monotonic() - started
-                if attempt >= self.policy.max_attempts or spent + delay > self.policy.budget:
-                    raise
-                if self._on_retry is not None:
-                    self._on_retry(what, err, delay)
-                await self._sleep(delay)
+                await self._backoff(what, err, attempt, started)
 
     # ------------------------------------------------------------------ operations
 
@@ -150,13 +177,7 @@ class Retrying(VaultBackend):
                 return
             except TransientError as err:
                 attempt += 1
-                delay = self._delay(attempt - 1, err)
-                spent = self._monotonic() - started
-                if attempt >= self.policy.max_attempts or spent + delay > self.policy.budget:
-                    raise
-                if self._on_retry is not None:
-                    self._on_retry("list", err, delay)
-                await self._sleep(delay)
+                await self._backoff("list", err, attempt, started)
 
     async def ensure_container(self) -> None:
         await self._retry("ensure_container", self.inner.ensure_container)

@@ -4,8 +4,10 @@ GC, job history. GC itself runs on real time with no safety margin (SAFETY_NONE)
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import shutil
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,14 +17,17 @@ import pytest
 
 from server.catalog import JobKind, JobState, recovery_point_labels
 from server.config import JobsSettings, SchedulerSettings
-from server.maintenance import LAST_GC_KEY, MAINTENANCE_FAILED, Maintenance
+from server.maintenance import LAST_CLOUD_GC_KEY, LAST_GC_KEY, MAINTENANCE_FAILED, Maintenance
+from server.online_backup import OnlineBackupRunner
 from server.policy import DiskPolicy
+from server.scratch_bound import ScratchGuard
 from storage_pool import RecoveryPoint, StoragePool, chunk_id_of
 from storage_pool.gc import SAFETY_NONE
 from storage_pool.pool import Durability
 from tests.unit.pool.file_backup import file_entries
 from tests.unit.server.catalog_fixture import T0, FakeClock
 from tests.unit.server.schedule_fixture import DAY, HOUR, World, world_at
+from tests.unit.server.vault_fixture import PASSPHRASE, folder_spec, plain_opener, registry
 
 T = TypeVar("T")
 
@@ -127,16 +132,22 @@ async def test_prune_then_gc_reclaims_and_the_pool_stays_consistent(env: Env) ->
 
 
 async def test_gc_runs_on_its_interval_or_when_forced(env: Env) -> None:
+    """A fresh install records its start instead of collecting at once (a GC in the first
+    minutes made a SIGTERM stop wait for it): the first GC is an interval later."""
     w = env.w
     report = await env.maintenance.run_once()
-    assert report.prune_job is None and report.gc_job is not None  # never ran before
+    assert report.prune_job is None and report.gc_job is None  # never ran before: not yet
     assert await w.catalog.get_server_state(LAST_GC_KEY) == repr(T0)
     w.at(T0 + 24 * HOUR - 1)
     assert (await env.maintenance.run_once()).gc_job is None
-    assert (await env.maintenance.run_once(force_gc=True)).gc_job is not None
-    w.at(T0 + 48 * HOUR - 2)
-    assert (await env.maintenance.run_once()).gc_job is None  # the forced run counts
+    w.at(T0 + 24 * HOUR)
+    assert (await env.maintenance.run_once()).gc_job is not None
+    assert await w.catalog.get_server_state(LAST_GC_KEY) == repr(T0 + 24 * HOUR)
     w.at(T0 + 48 * HOUR - 1)
+    assert (await env.maintenance.run_once(force_gc=True)).gc_job is not None
+    w.at(T0 + 72 * HOUR - 2)
+    assert (await env.maintenance.run_once()).gc_job is None  # the forced run counts
+    w.at(T0 + 72 * HOUR - 1)
     assert (await env.maintenance.run_once()).gc_job is not None
 
 
@@ -168,14 +179,16 @@ async def test_crash_between_row_and_pool_record_is_healed(env: Env) -> None:
 
 async def test_failed_gc_is_a_failed_job_and_an_alert_until_it_succeeds(env: Env) -> None:
     w = env.w
+    await env.maintenance.run_once()  # a fresh install: the first GC is a day away
     rp = await env.backup(0, [piece("d")])
     env.pool.store.path_of(rp.manifest_chunks[0]).unlink()  # the manifest is damaged
+    w.at(T0 + 24 * HOUR)
     report = await env.maintenance.run_once()
     assert report.gc_job is not None and report.gc_job.state == JobState.FAILED
     assert "deleted nothing" in (report.gc_job.error or "")
     (alert,) = await w.catalog.open_alerts_of_kind(MAINTENANCE_FAILED)
     assert alert.subject == "gc" and report.gc_job.id in alert.message
-    assert await w.catalog.get_server_state(LAST_GC_KEY) is None
+    assert await w.catalog.get_server_state(LAST_GC_KEY) == repr(T0)  # not advanced
     await env.pool.delete_recovery_point(rp.id)
     await w.catalog.remove_recovery_point(rp.id)
     report = await env.maintenance.run_once()  # GC is still due: the last one failed
@@ -216,3 +229,75 @@ async def test_run_keeps_the_interval_on_the_injected_clock(env: Env) -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_cloud_gc_waits_a_day_after_the_first_start(
+    tmp_path: Path, env: Env, clock: FakeClock
+) -> None:
+    """A fresh install with a vault runs no cloud GC at its first maintenance (it made a
+    stop right after the first start slow); it runs a day later."""
+    w = env.w
+    data_dir = tmp_path / "server"
+    w.configure(server=dataclasses.replace(w.config.server, data_dir=data_dir))
+    vaults = registry(data_dir, clock)
+    await vaults.register(
+        (await vaults.new_vault(folder_spec(tmp_path / "vault"))).to_doc(), PASSPHRASE
+    )
+    online = OnlineBackupRunner(
+        w.catalog,
+        env.pool,
+        vaults,
+        lambda: w.config,
+        clock,
+        scratch=ScratchGuard(w.catalog, None, lambda: w.config),
+        opener=plain_opener,
+    )
+    env.maintenance.online = online
+    try:
+        first = await env.maintenance.run_once()
+        assert first.cloud_gc_job is None
+        assert await w.catalog.get_server_state(LAST_CLOUD_GC_KEY) == repr(T0)
+        w.at(T0 + DAY - 1)
+        assert (await env.maintenance.run_once()).cloud_gc_job is None
+        w.at(T0 + DAY)
+        job = (await env.maintenance.run_once()).cloud_gc_job
+        assert job is not None and job.state is JobState.SUCCEEDED, job
+    finally:
+        await online.close()
+
+
+async def test_stop_cancels_a_running_gc_promptly(env: Env) -> None:
+    """A server stop during GC: the job fails as retryable and the engine stops at its next
+    step (a shard) instead of sweeping the whole pool while shutdown waits for it."""
+    w = env.w
+    await env.maintenance.run_once()  # fresh install: records the start
+    rp = await env.backup(0, [piece("g")])
+    await env.pool.delete_recovery_point(rp.id)
+    await w.catalog.remove_recovery_point(rp.id)  # its chunks are garbage now
+    w.at(T0 + 24 * HOUR)
+    entered, release = threading.Event(), threading.Event()
+    shards = env.pool.store.shards
+
+    def held_shards() -> list[Path]:
+        # The sweep's first step waits until the test has cancelled the task.
+        entered.set()
+        release.wait(30)
+        return shards()
+
+    env.pool.store.shards = held_shards  # type: ignore[method-assign]
+    task = asyncio.create_task(env.maintenance.run_once())
+    assert await asyncio.to_thread(entered.wait, 30)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    release.set()
+    # The GC thread ends at its next check (its watcher list goes away as it returns).
+    await eventually(lambda: asyncio.sleep(0, env.pool.marks.watchers), lambda v: v == [])
+    env.pool.store.shards = shards  # type: ignore[method-assign]
+    (gc_job,) = [j for j in await w.catalog.list_jobs(limit=100) if j.kind == JobKind.GC]
+    assert gc_job.state == JobState.FAILED and gc_job.retryable is True, gc_job
+    assert gc_job.error == "the server shut down while it ran"
+    assert env.pool.present([chunk_id_of(piece("g"))]) == {chunk_id_of(piece("g"))}
+    report = await env.maintenance.run_once(force_gc=True)  # the next GC does the work
+    assert report.gc is not None and report.gc.swept_chunks > 0
+    assert env.pool.present([chunk_id_of(piece("g"))]) == set()

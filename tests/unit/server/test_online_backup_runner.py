@@ -1,38 +1,44 @@
 """Online backup jobs (server/online_backup.py) with a real catalog, a real pool and a real
-folder vault registered through `VaultRegistry` (test-only KDF parameters)."""
+folder vault registered through `VaultRegistry` (test-only KDF parameters). Retries: the
+budget comes from ``online.retry_budget_seconds``, and each retry shows in the job's
+progress and in one log line; a fault injector over the real folder backend fails puts as a
+refused connection would, for as long as a test keeps its outage on."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from server.catalog import Catalog, JobKind, JobState, recovery_point_labels
 from server.catalog_errors import ConflictError
 from server.catalog_rows import AgentRow, DataSourceRow
-from server.config import ServerConfig
+from server.config import OnlineSettings, ServerConfig
 from server.online_backup import (
     NoDiskRecoveryPointError,
     NoVaultRegisteredError,
     OnlineBackupRunner,
+    retry_status,
 )
 from server.scratch_bound import ScratchGuard
 from server.vault_registry import VaultRegistry
 from storage_pool import RecoveryPoint, StoragePool
-from storage_pool.vault.backend import VaultBackend
+from storage_pool.vault.backend import PutData, Throttled, TransientError, VaultBackend
 from storage_pool.vault.folder import FolderBackend
-from storage_pool.vault.retry import RetryPolicy
+from storage_pool.vault.retry import RetryEvent, RetryPolicy
 from storage_pool.vault.scratch import scratch_usage
 from tests.unit.pool.file_backup import file_entries
 from tests.unit.pool.pool_opener import PoolOpener
 from tests.unit.server.catalog_fixture import FakeClock
 from tests.unit.server.cloud_fixture import MiB, online_config
 from tests.unit.server.vault_fixture import PASSPHRASE, folder_spec, registry
-from tests.unit.vault.online_support import CountingBackend
+from tests.unit.vault.online_support import CountingBackend, DelegatingBackend
 
 
 @dataclass
@@ -238,3 +244,107 @@ async def test_stop_job_cancels_at_a_safe_point(
     assert done.state is JobState.CANCELLED, done.error
     assert scratch_usage(site.config.scratch_path) == 0
     assert await site.catalog.list_online_rps(site.ds.id) == []
+
+
+# -- retries: budget from the config, visible in progress and logs ---------------------
+
+
+class Outage(DelegatingBackend):
+    """A real backend whose puts fail with a connect error while `down` is set."""
+
+    def __init__(self, inner: VaultBackend, down: asyncio.Event) -> None:
+        super().__init__(inner)
+        self.down = down
+        self.failed_puts = 0
+
+    async def put(self, name: str, data: PutData, *, sha256: bytes | None = None) -> None:
+        if self.down.is_set():
+            self.failed_puts += 1
+            raise TransientError(self.description, name, "connection refused", kind="connect")
+        await self.inner.put(name, data, sha256=sha256)
+
+
+def outage_opener(down: asyncio.Event, opened: list[Outage] | None = None) -> Any:
+    def opener(spec: Mapping[str, Any]) -> VaultBackend:
+        backend = Outage(FolderBackend(Path(spec["path"])), down)
+        if opened is not None:
+            opened.append(backend)
+        return backend
+
+    return opener
+
+
+async def test_budget_comes_from_the_config(tmp_path: Path, site: Site, clock: FakeClock) -> None:
+    """Guards against the hard-coded 300 s budget: with 1 s configured an outage that
+    never ends fails the job as retryable (at the default it would wait five minutes)."""
+    site.config = replace(site.config, online=OnlineSettings(pack_mib=1, retry_budget_seconds=1))
+    await register_vault(site, tmp_path / "vault")
+    await backup(site, {b"a.bin": os.urandom(2 * MiB)})
+    down = asyncio.Event()
+    online = runner(site, clock, opener=outage_opener(down))
+    try:
+        # The vault is opened (and its header read) before the outage starts.
+        await online.open_vault()
+        down.set()
+        with capture_logs() as logs:
+            failed = await online.run_job(await online.start(site.ds.id))
+    finally:
+        await online.close()
+    assert failed.state is JobState.FAILED and failed.retryable is True, failed
+    assert failed.error is not None and "connection refused" in failed.error
+    retries = [e for e in logs if e["event"] == "vault_retry"]
+    assert all(e["budget"] == 1.0 and e["kind"] == "connect" for e in retries), retries
+
+
+async def test_retries_show_in_progress_and_logs(
+    tmp_path: Path, site: Site, clock: FakeClock
+) -> None:
+    await register_vault(site, tmp_path / "vault")
+    await backup(site, {b"a.bin": os.urandom(2 * MiB)})
+    down = asyncio.Event()
+    opened: list[Outage] = []
+    online = runner(site, clock, opener=outage_opener(down, opened))
+    try:
+        await online.open_vault()
+        down.set()
+        job = await online.start(site.ds.id)
+        with capture_logs() as logs:
+            task = asyncio.create_task(online.run_job(job))
+            # The outage lasts until the job's progress says it is retrying.
+            async with asyncio.timeout(60):
+                while True:
+                    progress = (await site.catalog.get_job(job.id)).progress or {}
+                    if "status" in progress:
+                        break
+                    await asyncio.sleep(0.05)
+            down.clear()
+            done = await task
+    finally:
+        await online.close()
+    status = progress["status"]
+    assert status.startswith("retrying after connect error (attempt "), status
+    assert status.endswith(" s of 300 s budget used)"), status
+    assert progress["retries"] >= 1
+    assert done.state is JobState.SUCCEEDED, done.error
+    assert done.result is not None and done.result["bytes_uploaded"] > 2 * MiB
+    retries = [e for e in logs if e["event"] == "vault_retry"]
+    # Every failed put was retried (the outage ended inside the budget), each logged once.
+    (backend,) = opened
+    assert len(retries) == backend.failed_puts >= progress["retries"]
+    first = retries[0]
+    assert first["job_id"] == job.id and first["call"] == "put" and first["kind"] == "connect"
+    assert first["attempt"] == 2 and first["delay"] >= 0 and first["budget"] == 300.0
+
+
+def test_status_words() -> None:
+    def event(err: TransientError, attempt: int, spent: float) -> RetryEvent:
+        return RetryEvent("put", err, attempt, 1.0, spent, 300.0)
+
+    connect = TransientError("b", "n", "refused", kind="connect")
+    assert retry_status(event(connect, 2, 41.4)) == (
+        "retrying after connect error (attempt 3, 41 s of 300 s budget used)"
+    )
+    throttled = Throttled("b", "n", "slow down", retry_after=5)
+    assert retry_status(event(throttled, 1, 5)).startswith("retrying after throttling (")
+    server = TransientError("b", "n", "503", kind="server_error")
+    assert "after server error (" in retry_status(event(server, 1, 1))

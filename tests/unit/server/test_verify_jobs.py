@@ -1,15 +1,22 @@
 """Verify jobs (server/verify_jobs.py) on a real pool and a real folder vault registered
 through `VaultRegistry`: the pool is repaired from the vault, damage in the vault is found
-and named by the online RPs it breaks, and sampling checks a subset."""
+and named by the online RPs it breaks, sampling checks a subset, and Stop-Job (through
+JobManager.cancel, as the daemon wires it) cancels a verify job."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from server.catalog import JobKind, JobState
-from server.catalog_errors import ConflictError
+from server.catalog_errors import ConflictError, InvalidStateError
+from server.catalog_rows import JobTrigger
+from server.job_stop import server_cancel_by_kind
+from server.jobs import JobLimits, JobManager
 from server.vault_sync import registered_vault
 from server.verify_jobs import (
     VerifyParamError,
@@ -32,6 +39,7 @@ from tests.unit.server.cloud_fixture import (
     register,
     site,
 )
+from tests.unit.server.schedule_fixture import Sent
 from tests.unit.vault.online_support import tree
 
 
@@ -159,3 +167,85 @@ async def test_sample_checks_a_subset(tmp_path: Path, pools: PoolOpener, clock: 
             same = await verify_cloud(vault, sample=0.3, seed=7)
         assert 0 < some["checked_chunks"] < whole["checked_chunks"] == whole["chunks_total"]
         assert some["checked_chunks"] == same["checked_chunks"]
+
+
+class HeldListing:
+    """Fault injection over the real chunk store: listing its files (verify's first step,
+    in a pool thread) waits until `release` is set."""
+
+    def __init__(self, pool: StoragePool) -> None:
+        self.store = pool.store
+        self.real = pool.store.iter_files
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __enter__(self) -> HeldListing:
+        self.store.iter_files = self._held  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release.set()
+        self.store.iter_files = self.real  # type: ignore[method-assign]
+
+    def _held(self) -> Iterator[ChunkFile]:
+        self.entered.set()
+        self.release.wait(30)
+        yield from self.real()
+
+
+async def test_stop_job_cancels_a_running_verify_job(
+    tmp_path: Path, pools: PoolOpener, clock: FakeClock
+) -> None:
+    """Stop-Job used to refuse verify jobs ("cannot be stopped"). Through the same path as
+    any job (JobManager.cancel -> server_cancel) a running one ends cancelled, without a
+    partial result, and the runner goes on with the next job."""
+    async with site(tmp_path, pools, "a", clock) as s:
+        await _online_site(s, tmp_path, 6)
+        runner = VerifyRunner(s.catalog, s.pool, s.registry, clock)
+        jobs = JobManager(s.catalog, Sent(), JobLimits(4, 600.0), clock=clock)
+        jobs.server_cancel = server_cancel_by_kind({JobKind.VERIFY: runner.cancel})
+        with HeldListing(s.pool) as held:
+            job = await runner.start("disk")
+            task = asyncio.create_task(runner.run_job(job))
+            assert await asyncio.to_thread(held.entered.wait, 30)
+            assert (await s.catalog.get_job(job.id)).state is JobState.RUNNING
+            stopped = await jobs.cancel(job.id)
+            assert stopped.state is JobState.CANCELLED, stopped  # ended before the answer
+            assert stopped.error == "cancelled by operator" and stopped.result is None
+            assert (await task).state is JobState.CANCELLED  # the runner itself goes on
+        again = await runner.run_job(await runner.start("disk"))  # not "already running"
+        assert again.state is JobState.SUCCEEDED, again.error
+
+
+async def test_stop_job_cancels_a_queued_verify_job_and_refuses_gc(
+    tmp_path: Path, pools: PoolOpener, clock: FakeClock
+) -> None:
+    async with site(tmp_path, pools, "a", clock) as s:
+        runner = VerifyRunner(s.catalog, s.pool, s.registry, clock)
+        jobs = JobManager(s.catalog, Sent(), JobLimits(4, 600.0), clock=clock)
+        jobs.server_cancel = server_cancel_by_kind({JobKind.VERIFY: runner.cancel})
+        queued = await runner.start("disk")
+        stopped = await jobs.cancel(queued.id)
+        assert stopped.state is JobState.CANCELLED and stopped.error == "cancelled by operator"
+        assert await runner.tick() == []  # nothing left to run
+        gc = await s.catalog.create_server_job(JobKind.GC, {}, JobTrigger.MAINTENANCE)
+        await s.catalog.transition_job(gc.id, JobState.RUNNING)
+        with pytest.raises(InvalidStateError, match="gc jobs run on the server and cannot be"):
+            await jobs.cancel(gc.id)
+
+
+async def test_a_server_stop_fails_a_running_verify_job_as_retryable(
+    tmp_path: Path, pools: PoolOpener, clock: FakeClock
+) -> None:
+    async with site(tmp_path, pools, "a", clock) as s:
+        runner = VerifyRunner(s.catalog, s.pool, s.registry, clock)
+        with HeldListing(s.pool) as held:
+            job = await runner.start("disk")
+            task = asyncio.create_task(runner.run_job(job))
+            assert await asyncio.to_thread(held.entered.wait, 30)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        ended = await s.catalog.get_job(job.id)
+        assert ended.state is JobState.FAILED and ended.retryable is True, ended
+        assert ended.error == "the server shut down while it ran"
