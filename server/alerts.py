@@ -19,6 +19,8 @@ Alert kinds, and the subject each names:
 * `MISSED_BACKUP`: a data source id (no RP for longer than its sync frequency + grace).
 * `AGENT_OFFLINE`: an agent id.
 * `POOL_USAGE`, `POOL_RESERVE`: the storage pool's path.
+* `CLOUD_CONNECTION`: the registered vault's id (not connected, or the vault expired or
+  deprovisioned: server/cloud_health.py).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from server.catalog_rows import AlertRow, AlertSeverity
 
 __all__ = [
     "AGENT_OFFLINE",
+    "CLOUD_CONNECTION",
     "FAILED_JOB",
     "MISSED_BACKUP",
     "POOL_RESERVE",
@@ -53,6 +56,7 @@ MISSED_BACKUP: Final = "missed_backup"
 AGENT_OFFLINE: Final = "agent_offline"
 POOL_USAGE: Final = "pool_usage"
 POOL_RESERVE: Final = "pool_reserve"
+CLOUD_CONNECTION: Final = "cloud_connection"
 
 WEBHOOK_QUEUE: Final = 256
 WEBHOOK_ATTEMPTS: Final = 4

@@ -21,6 +21,8 @@ from server.catalog_errors import (
 from server.context import CTX_KEY, ServerContext
 from server.data_plane import MAX_BODY, DataPlane
 from server.http_json import error_response
+from server.metrics import REGISTRY_KEY, new_registry
+from server.metrics import routes as metrics_routes
 from server.operator_api import routes as operator_routes
 from storage_pool.errors import RecoveryPointNotFoundError
 
@@ -72,4 +74,6 @@ def make_app(ctx: ServerContext) -> web.Application:
     app[DATA_PLANE_KEY] = plane
     app.add_routes(plane.routes())
     app.add_routes(operator_routes())
+    app[REGISTRY_KEY] = new_registry()  # one registry per server, never the global one
+    app.add_routes(metrics_routes())
     return app

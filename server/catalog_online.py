@@ -4,7 +4,8 @@ An online RP row records that the vault holds a copy of a disk RP: its id is the
 manifest's object name (opaque), `source_created_at` the creation time of the disk RP it
 copies. The vault is the truth: rows are added after the vault's catalog commit, and a
 fresh server fills them from the vault (`add_online_rp` is idempotent by id). A row with
-`deleted_at` set is an online RP that retention soft-deleted or that the vault lost.
+`deleted_at` set is an online RP that retention soft-deleted, that the vault lost, or
+that went with a deprovisioned vault; listings leave deleted rows out unless asked.
 
 The disk-retention rule (server/retention.py) reads these rows: a disk RP of a group with
 online protection is kept until an online RP with ``source_created_at >= created_at``
@@ -148,6 +149,18 @@ class OnlineTables(CatalogBase):
                 )
         if changed:
             log.info("online_recovery_points_deleted", count=changed)
+        return changed
+
+    async def mark_all_online_rps_deleted(self) -> int:
+        """Soft-delete every live row: the vault is deprovisioned, so its online RPs are
+        gone (server/cloud_health.py). Returns how many changed."""
+        async with self._write() as tx:
+            changed = await tx.run(
+                "UPDATE online_recovery_points SET deleted_at = ? WHERE deleted_at IS NULL",
+                (tx.now,),
+            )
+        if changed:
+            log.info("online_recovery_points_deleted", count=changed, why="vault deprovisioned")
         return changed
 
     async def online_slots(self) -> dict[DataSourceId, float]:

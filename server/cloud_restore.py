@@ -20,6 +20,12 @@ is gone but which the vault holds, runs as one restore job, in order:
 
 A failure in 2-4 fails the job with the reason. A re-seeded RP stays in the pool: it is an
 ordinary disk RP from then on (retention and GC treat it as such).
+
+The cloud policy (server/cloud_gate.py): the start is refused (`CloudPolicyRefused`) unless
+a restore from cloud is allowed; steps 1-4 are the restore from cloud (the re-seed task is
+registered with the job manager, which cancels it if the policy stops the job: its pool
+session is aborted, chunks fetched so far stay unreferenced until GC); from step 5 the job
+is a restore from disk, like any restore of a pool RP.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import structlog
 from server.catalog import Catalog
 from server.catalog_errors import NotFoundError
 from server.catalog_online import OnlineRecoveryPointRow
+from server.cloud_status import Operation
 from server.context import ServerContext
 from server.vault_registry import VaultRegistry
 from server.vault_sync import registered_vault
@@ -183,7 +190,10 @@ async def start_cloud_restore(
     target_agent: str | None,
 ) -> Any:
     """Create the held restore job for online RP (or disk RP) `ref` and start its server
-    phase in the background; NotFoundError if the vault holds no copy of `ref`."""
+    phase in the background; NotFoundError if the vault holds no copy of `ref`;
+    CloudPolicyRefused if the cloud policy does not allow a restore from cloud now."""
+    if ctx.cloud_gate is not None:
+        ctx.cloud_gate.check(Operation.RESTORE_FROM_CLOUD)
     row = await find_online_rp(ctx.catalog, ref)
     if row is None:
         raise NotFoundError("online recovery point", ref)
@@ -201,9 +211,11 @@ async def start_cloud_restore(
         "target_path": target_path,
         "conflict": conflict,
     }
-    job = await ctx.job_manager().start_restore(target.id, params, hold=True)
+    jobs = ctx.job_manager()
+    job = await jobs.start_restore(target.id, params, hold=True)
     log.info("cloud_restore_started", job_id=job.id, online_rp_id=row.id, rp_id=row.disk_rp_id)
     task = asyncio.create_task(run_cloud_restore(ctx, registry, job.id, row))
     _TASKS.add(task)
     task.add_done_callback(_TASKS.discard)
+    jobs.hold_task(job.id, task)
     return job

@@ -15,6 +15,8 @@ from storage_pool import StoragePool
 
 if TYPE_CHECKING:
     from server.alerts import AlertCenter
+    from server.cloud_gate import CloudGate
+    from server.cloud_health import CloudHealth
     from server.jobs import JobManager
     from server.online_backup import OnlineBackupRunner
 
@@ -38,6 +40,10 @@ class ServerContext:
     mqtt_password: Callable[[str], str] | None = field(default=None)
     # Online backup jobs (server/online_backup.py); None until the daemon starts them.
     online: OnlineBackupRunner | None = field(default=None)
+    # The vault connectivity monitor (server/cloud_health.py) and the policy gate every job
+    # start asks (server/cloud_gate.py); None until the daemon starts them.
+    cloud: CloudHealth | None = field(default=None)
+    cloud_gate: CloudGate | None = field(default=None)
 
     def job_manager(self) -> JobManager:
         if self.jobs is None:

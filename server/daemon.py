@@ -3,7 +3,7 @@
 Start order (each step needs the one before): data directory -> TLS material -> storage
 pool -> catalog (unfinished jobs of a previous run failed, missing RP rows re-added from
 the pool) -> operator token and CLI config -> broker (managed Mosquitto or external) ->
-job engine and bus -> HTTPS listener -> READY=1 to systemd.
+job engine, vault connection monitor and bus -> HTTPS listener -> READY=1 to systemd.
 
 Stop order on SIGTERM/SIGINT: STOPPING=1 -> stop taking requests -> running jobs are told
 to cancel and marked failed ("server shut down"), open backup sessions aborted (nothing
@@ -45,7 +45,9 @@ from server.app import DATA_PLANE_KEY, make_app
 from server.broker import BrokerError, ManagedBroker
 from server.bus import Bus
 from server.capacity import check_backup_capacity
-from server.catalog import Catalog, JobState
+from server.catalog import Catalog, JobKind, JobState
+from server.cloud_gate import CloudGate
+from server.cloud_health import CloudHealth
 from server.config import (
     EXIT_CONFIG,
     ConfigError,
@@ -55,6 +57,7 @@ from server.config import (
     reload_diff,
 )
 from server.context import ServerContext
+from server.job_stop import server_cancel_by_kind
 from server.jobs import JobLimits, JobManager
 from server.logging import LEVELS, configure_logging
 from server.maintenance import Maintenance
@@ -67,6 +70,7 @@ from server.scheduler import Scheduler
 from server.scratch_bound import ScratchGuard
 from server.throttling import throttle_for
 from server.tls import client_ssl_context, load_or_create_tls, write_file_atomic
+from server.vault_backends import open_backend
 from storage_pool import StoragePool
 from storage_pool.config import CONFIG_NAME
 from storage_pool.errors import PoolError
@@ -173,6 +177,7 @@ class Server:
     alert_rules: AlertRules | None = field(default=None, init=False)
     online: OnlineBackupRunner | None = field(default=None, init=False)
     online_scheduler: OnlineScheduler | None = field(default=None, init=False)
+    cloud_health: CloudHealth | None = field(default=None, init=False)
 
     async def run(self, stop: asyncio.Event, reload: asyncio.Event) -> None:  # noqa: PLR0915 - the start order reads top to bottom
         config = self.config
@@ -306,19 +311,38 @@ class Server:
             self.scheduler, self.maintenance = scheduler, maintenance
             scratch = ScratchGuard(catalog, alerts, lambda: self.config)
             await scratch.clean_at_start()
+            # Every vault operation reports to the connection monitor through these openers.
+            registry = registry_for(ctx)
+            cloud = CloudHealth(catalog, registry, lambda: self.config, clock, alerts)
+            registry.use_opener(cloud.opener())
+            stack.callback(registry.use_opener, open_backend)
+            stack.push_async_callback(cloud.close)
+            await cloud.load()
+            ctx.cloud, self.cloud_health = cloud, cloud
             online = OnlineBackupRunner(
                 catalog,
                 pool,
-                registry_for(ctx),
+                registry,
                 lambda: self.config,
                 clock,
                 scratch=scratch,
                 throttle=throttle_for(ctx),
+                opener=cloud.opener(retry=None),
             )
             online_scheduler = OnlineScheduler(
                 catalog, online, alerts, lambda: self.config, clock, scratch=scratch
             )
-            ctx.online, jobs.server_cancel = online, online.cancel
+            ctx.online = online
+            jobs.server_cancel = server_cancel_by_kind(
+                {
+                    JobKind.ONLINE_BACKUP: online.cancel,
+                    JobKind.VERIFY: verify_runner_for(ctx).cancel,
+                }
+            )
+            # Every job start asks the gate; a state change stops what the table stops.
+            gate = CloudGate(cloud.status, jobs=jobs, online=online)
+            ctx.cloud_gate = jobs.gate = online.gate = gate
+            stack.callback(cloud.subscribe(gate.on_change))
             maintenance.online = online  # cloud GC shares the runner's vault and writer lock
             self.online, self.online_scheduler = online, online_scheduler
 
@@ -352,6 +376,7 @@ class Server:
                     tg.create_task(online_scheduler.run(), name="online-scheduler"),
                     tg.create_task(verify_runner_for(ctx).run(), name="verify-jobs"),
                     tg.create_task(sync_at_start(ctx), name="vault-sync"),
+                    tg.create_task(cloud.run(), name="cloud-health"),
                 ]
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(10):

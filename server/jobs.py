@@ -16,6 +16,12 @@ catalog ignores a second final state, because QoS 1 may deliver a result twice.
 
 The backup's recovery point is committed by the data plane (server/data_plane.py) before
 the agent reports success, so the catalog row and the pool record exist when the job ends.
+
+The cloud policy (server/cloud_gate.py), when `gate` is set: `start_backup` and
+`start_restore` raise `CloudPolicyRefused` for an operation it does not allow; each tick,
+before dispatching, fails the queued and running jobs it no longer allows (`stop_refused`,
+also called by the gate when the cloud status changes), so a job queued while allowed and
+refused before it runs fails with the reason instead of starting.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +39,8 @@ from agent import protocol as p
 from server.catalog import Catalog, JobKind, JobState
 from server.catalog_errors import CatalogError, InvalidStateError
 from server.catalog_rows import JobTrigger
+from server.cloud_gate import CloudGate, operation_of, restore_operation
+from server.cloud_status import Decision, Operation
 from server.ids import AgentId, JobId
 from server.loops import repeat
 
@@ -72,12 +80,18 @@ class JobManager:
     on_final: Callable[[Any], Awaitable[None]] | None = None
     # Raises (server.capacity.InsufficientStorageError) when the pool is under its reserve.
     capacity_check: Callable[[], Awaitable[object]] | None = None
-    # Stops a job the server runs itself (an online backup); None: such jobs cannot stop.
+    # Stops a job the server runs itself (server/job_stop.py dispatches on its kind, and
+    # refuses kinds that cannot stop); None: such jobs cannot stop.
     server_cancel: Callable[[Any], Awaitable[Any]] | None = None
+    # The cloud policy every start and dispatch asks; None: everything is allowed.
+    gate: CloudGate | None = None
     presence: dict[str, AgentPresence] = field(default_factory=dict)
     # Restore jobs with a server phase first (re-seeding from the vault): running, not
     # dispatched until released (True), never failed as "agent restarted" meanwhile.
     _held: dict[str, bool] = field(default_factory=dict)
+    # The server-phase task of a held job (a cloud restore's re-seed), cancelled if the
+    # cloud policy stops the job.
+    _server_phase: dict[str, asyncio.Task[Any]] = field(default_factory=dict)
     _dispatched: dict[str, _Dispatch] = field(default_factory=dict)
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -93,6 +107,8 @@ class JobManager:
         scheduled_for: float | None = None,
     ) -> Any:
         ds = await self.catalog.get_data_source(data_source_id)
+        if self.gate is not None:
+            self.gate.check(Operation.BACKUP_TO_DISK)
         if self.capacity_check is not None:
             await self.capacity_check()
         active = await self.catalog.active_backup_for(ds.id)
@@ -119,7 +135,10 @@ class JobManager:
         self, target_agent_id: str, params: Mapping[str, Any], *, hold: bool = False
     ) -> Any:
         """`hold`: the job starts running on the server (its progress can be shown) and is
-        dispatched only after `release_held`; `fail_held` ends it."""
+        dispatched only after `release_held`; `fail_held` ends it. ``"from_cloud": true``
+        in `params` makes it a restore from cloud for the policy."""
+        if self.gate is not None:
+            self.gate.check(restore_operation(params))
         if hold:
             async with self._lock:  # a tick between create and hold would dispatch it
                 job = await self.catalog.create_job(
@@ -139,13 +158,25 @@ class JobManager:
         self._wake.set()
         return job
 
+    def hold_task(self, job_id: str, task: asyncio.Task[Any]) -> None:
+        """`task` is the server phase of held job `job_id` (stopped with the job)."""
+        if job_id in self._held and not task.done():
+            self._server_phase[job_id] = task
+            task.add_done_callback(lambda _t: self._server_phase.pop(job_id, None))
+
+    def is_held(self, job_id: str) -> bool:
+        """Whether `job_id` is still in its server phase (not yet released)."""
+        return self._held.get(job_id) is False
+
     def release_held(self, job_id: str) -> None:
         if job_id in self._held:
             self._held[job_id] = True
             self._wake.set()
 
     async def fail_held(self, job_id: str, error: str) -> Any:
-        self._held.pop(job_id, None)
+        if self._held.pop(job_id, None) is None:
+            # It already ended (Stop-Job, the cloud policy): its first final state stands.
+            return await self.catalog.get_job(job_id)
         return await self._finish(job_id, "failed", error=error)
 
     async def cancel(self, job_id: str) -> Any:
@@ -154,7 +185,7 @@ class JobManager:
             return job
         agent_id = job.agent_id
         if agent_id is None:
-            if self.server_cancel is not None and job.kind == JobKind.ONLINE_BACKUP:
+            if self.server_cancel is not None:
                 return await self.server_cancel(job)
             raise InvalidStateError(
                 "job", job.id, f"{job.kind} jobs run on the server and cannot be stopped"
@@ -165,6 +196,48 @@ class JobManager:
         if job_id in self._dispatched or job.state == "running":
             await self._send(agent_id, p.CMD_CANCEL, job_id, {"job_id": job_id})
         return job
+
+    async def stop_refused(self, refused: Mapping[Operation, Decision]) -> list[JobId]:
+        """Fail the queued and running agent jobs whose operation `refused` names, each
+        with its reason (server/cloud_gate.py); the ids of the jobs stopped."""
+        async with self._lock:
+            return await self._stop_refused(refused)
+
+    async def _stop_refused(
+        self, refused: Mapping[Operation, Decision], active: Sequence[Any] | None = None
+    ) -> list[JobId]:
+        """`active`: the queued and running jobs, if the caller has just listed them."""
+        stopped: list[JobId] = []
+        if not refused:
+            return stopped
+        if active is None:
+            active = [
+                *await self.catalog.list_jobs(state=JobState.RUNNING, limit=10_000),
+                *await self.catalog.list_jobs(state=JobState.QUEUED, limit=10_000),
+            ]
+        for job in active:
+            if job.agent_id is None:
+                continue  # server jobs: the online runner stops its own
+            op = operation_of(job, held=self.is_held(job.id))
+            decision = refused.get(op) if op is not None else None
+            if decision is not None:
+                await self._stop(job, decision.reason)
+                stopped.append(job.id)
+        return stopped
+
+    async def _stop(self, job: Any, reason: str) -> None:
+        """Stop-Job, except that the job ends failed with `reason`, not retryable. It fails
+        first (its upload session goes with it, through on_final), then the agent is told."""
+        tell_agent = job.id in self._dispatched or (
+            job.state == "running" and self._held.get(job.id) is not False
+        )
+        phase = self._server_phase.pop(job.id, None)
+        await self._finish(job.id, "failed", error=reason, retryable=False)
+        log.warning("job_stopped_by_cloud_policy", job_id=job.id, kind=str(job.kind), error=reason)
+        if phase is not None:
+            phase.cancel()
+        if tell_agent and job.agent_id is not None:
+            await self._send(job.agent_id, p.CMD_CANCEL, job.id, {"job_id": job.id})
 
     # -- agent events ----------------------------------------------------------
 
@@ -253,6 +326,11 @@ class JobManager:
             now = self.clock()
             queued = await self.catalog.list_jobs(state=JobState.QUEUED, limit=10_000)
             running = await self.catalog.list_jobs(state=JobState.RUNNING, limit=10_000)
+            if self.gate is not None:
+                # Before dispatching: a job the policy no longer allows fails instead.
+                stopped = set(await self._stop_refused(self.gate.refused(), [*running, *queued]))
+                queued = [j for j in queued if j.id not in stopped]
+                running = [j for j in running if j.id not in stopped]
             running_backups = sum(1 for j in running if j.kind == "backup")
             for job in running:
                 if job.agent_id is None:

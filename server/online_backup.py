@@ -25,6 +25,13 @@ One writer at a time: steps 2-6 run under `writer`, the process-wide lock every 
 of the vault holds (online jobs, and retention, purge and repack from maintenance), so
 a purge never deletes the packs of a job that has not committed yet.
 
+Retries: the vault backend is wrapped in `Retrying` (storage_pool/vault/retry.py). Each
+job takes its retry budget from ``online.retry_budget_seconds`` (live on SIGHUP) unless the
+runner was given its own policy. Every retry is logged once (``vault_retry``: call, kind,
+attempt, delay) and shown in the job's progress as ``status`` (e.g. "retrying after connect
+error (attempt 3, 41 s of 300 s budget used)") with a ``retries`` count, until an upload
+succeeds again.
+
 Failures: a transient backend error that outlived the retry budget fails the job as
 retryable (the online scheduler tries again); integrity, auth, format and configuration
 errors fail it for good with their message. Stop-Job sets the engine's stop event (the job
@@ -32,6 +39,13 @@ ends cancelled at the next safe point). A server stop (`shutdown`, then task
 cancellation) fails a running job as retryable; the next job resumes it, uploading
 nothing the vault already holds. The scratch area is empty after every job (the engine
 deletes its files on success, failure and cancellation).
+
+The cloud policy (server/cloud_gate.py), when `gate` is set: `start` and `start_group`
+raise `CloudPolicyRefused` when backups to the cloud are not allowed, a queued job is asked
+again when it starts, and `stop_refused` (the gate's `on_change`, or a tick) fails queued
+jobs at once and stops a running one at the engine's next safe point (between packs): it
+ends failed with the policy's reason, not retryable; its uploaded packs stay in the vault
+and the next job adopts them.
 """
 
 from __future__ import annotations
@@ -41,7 +55,7 @@ import contextlib
 import functools
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 import structlog
@@ -49,6 +63,8 @@ import structlog
 from server.catalog import Catalog, JobKind, JobRow, JobState
 from server.catalog_errors import ConflictError, InvalidStateError
 from server.catalog_rows import DataSourceRow, JobTrigger, RecoveryPointRow
+from server.cloud_gate import CloudGate
+from server.cloud_status import Operation
 from server.config import ServerConfig
 from server.ids import DataSourceId, JobId
 from server.loops import repeat
@@ -57,10 +73,15 @@ from server.scratch_bound import ScratchGuard
 from server.vault_backends import open_backend
 from server.vault_registry import NotRegisteredError, VaultRegistry, VaultRegistryError
 from storage_pool import RecoveryPoint, StoragePool
-from storage_pool.vault.backend import TransientError, VaultBackend, VaultBackendError
+from storage_pool.vault.backend import (
+    Throttled,
+    TransientError,
+    VaultBackend,
+    VaultBackendError,
+)
 from storage_pool.vault.format_errors import VaultFormatError
 from storage_pool.vault.location_cache import LocationCache
-from storage_pool.vault.retry import Retrying, RetryPolicy
+from storage_pool.vault.retry import RetryEvent, Retrying, RetryPolicy
 from storage_pool.vault.scratch import ScratchBudget, ScratchTooSmallError
 from storage_pool.vault.throttle import TokenBucket
 from storage_pool.vault.uploader import (
@@ -81,7 +102,8 @@ __all__ = [
 
 log = structlog.get_logger()
 
-# A job waits out a short cloud outage; past this budget it fails as retryable.
+# A job waits out a short cloud outage; past the budget (online.retry_budget_seconds
+# replaces the one here) it fails as retryable.
 ONLINE_RETRY: Final = RetryPolicy(initial=1.0, maximum=30.0, budget=300.0)
 PROGRESS_SECONDS: Final = 1.0
 IDLE_SECONDS: Final = 1.0
@@ -125,6 +147,7 @@ class _Running:
     task: asyncio.Task[None] | None = None
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     cancelled_by_operator: bool = False
+    refused: str | None = None  # the cloud policy stopped it: the reason it ends with
 
 
 def _result_doc(
@@ -145,6 +168,53 @@ def _result_doc(
         "scratch_bound": bound,
         "protected_bytes": protected,
     }
+
+
+_KIND_WORDS: Final = {"server_error": "server error", "other": "storage error"}
+
+
+def retry_status(event: RetryEvent) -> str:
+    """The job's progress line for a retry, e.g. "retrying after connect error (attempt 3,
+    41 s of 300 s budget used)"."""
+    err = event.error
+    cause = "throttling" if isinstance(err, Throttled) else _KIND_WORDS.get(err.kind)
+    cause = cause or f"{err.kind} error"
+    return (
+        f"retrying after {cause} (attempt {event.attempt + 1},"
+        f" {event.spent:.0f} s of {event.budget:.0f} s budget used)"
+    )
+
+
+@dataclass(slots=True)
+class _JobProgress:
+    """What the progress writer stores: the engine's last report plus the retry note,
+    which stays until an upload succeeds after it."""
+
+    bound: int
+    engine: dict[str, Any] | None = None
+    retries: int = 0
+    status: str | None = None
+    uploaded_at_retry: int = 0
+
+    def on_engine(self, p: OnlineProgress) -> None:
+        self.engine = _progress_doc(p, self.bound)
+        if self.status is not None and p.bytes_uploaded > self.uploaded_at_retry:
+            self.status = None
+
+    def on_retry(self, event: RetryEvent) -> None:
+        self.retries += 1
+        self.status = retry_status(event)
+        self.uploaded_at_retry = (self.engine or {}).get("bytes_uploaded", 0)
+
+    def doc(self) -> dict[str, Any] | None:
+        if self.engine is None and not self.retries:
+            return None
+        out = dict(self.engine or {"scratch_bound": self.bound})
+        if self.retries:
+            out["retries"] = self.retries
+        if self.status is not None:
+            out["status"] = self.status
+        return out
 
 
 def _progress_doc(p: OnlineProgress, bound: int) -> dict[str, Any]:
@@ -171,6 +241,7 @@ class OnlineBackupRunner:
         retry: RetryPolicy | None = ONLINE_RETRY,
         opener: BackendOpener = _plain_opener,
         throttle: TokenBucket | None = None,
+        gate: CloudGate | None = None,
     ) -> None:
         self._catalog = catalog
         self._pool = pool
@@ -183,6 +254,7 @@ class OnlineBackupRunner:
         self._retry = retry
         self._opener = opener
         self.throttle = throttle  # uploads wait on it (Set-Throttling, server/throttling.py)
+        self.gate = gate  # the cloud policy; None: everything is allowed
         self._start_lock = asyncio.Lock()
         self._vault_lock = asyncio.Lock()
         # The vault's one writer at a time (module docstring); not reentrant.
@@ -219,6 +291,8 @@ class OnlineBackupRunner:
                 raise InvalidStateError("data source", ds.id, f"data source {ds.ref} is removed")
             if await self._registry.registration() is None:
                 raise NoVaultRegisteredError()
+            if self.gate is not None:
+                self.gate.check(Operation.BACKUP_TO_CLOUD)
             if not await self._catalog.list_recovery_points(data_source_id=ds.id):
                 raise NoDiskRecoveryPointError(ds)
             active = await self.active_for(ds.id)
@@ -251,6 +325,8 @@ class OnlineBackupRunner:
             )
         if await self._registry.registration() is None:
             raise NoVaultRegisteredError()
+        if self.gate is not None:
+            self.gate.check(Operation.BACKUP_TO_CLOUD)  # refuses the whole group, as no vault
         members = await self._catalog.group_members(group.id)
         if not members:
             raise InvalidStateError(
@@ -280,6 +356,46 @@ class OnlineBackupRunner:
             log.info("online_backup_stop_requested", job_id=job.id)
         return await self._catalog.get_job(job.id)
 
+    async def stop_refused(self, reason: str) -> list[JobId]:
+        """The cloud policy no longer allows online backups: queued jobs fail now, running
+        ones stop at their next safe point; all end failed with `reason`, not retryable."""
+        stopped: list[JobId] = []
+        for job in await self._catalog.list_jobs(state=JobState.QUEUED, limit=10_000):
+            if job.kind is JobKind.ONLINE_BACKUP and job.id not in self._running:
+                await self._end(job.id, JobState.FAILED, error=reason, retryable=False)
+                stopped.append(job.id)
+        for job_id, entry in self._running.items():
+            if entry.refused is None:
+                entry.refused = reason
+                entry.stop.set()
+                log.warning("online_backup_stop_requested", job_id=job_id, reason=reason)
+                stopped.append(job_id)
+        return stopped
+
+    async def record_refused(
+        self,
+        data_source_id: DataSourceId,
+        error: str,
+        *,
+        trigger: JobTrigger,
+        attempt: int = 1,
+        scheduled_for: float | None = None,
+    ) -> JobRow:
+        """A scheduled online backup the cloud policy refused: its job, stored failed with
+        `error` (never run: `_execute` starts only a job still queued)."""
+        ds = await self._catalog.get_data_source(data_source_id)
+        job = await self._catalog.create_server_job(
+            JobKind.ONLINE_BACKUP,
+            {"data_source_name": ds.name, "agent_name": ds.agent_name},
+            trigger,
+            ds.id,
+            attempt=attempt,
+            scheduled_for=scheduled_for,
+        )
+        return await self._catalog.transition_job(
+            job.id, JobState.FAILED, error=error, retryable=False
+        )
+
     # -- the loop ------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -298,6 +414,11 @@ class OnlineBackupRunner:
         """Start queued online jobs while there is room; returns the ids started."""
         if self._closing:
             return []
+        if self.gate is not None:
+            decision = self.gate.decision(Operation.BACKUP_TO_CLOUD)
+            if not decision.allowed:
+                await self.stop_refused(decision.reason)
+                return []
         queued = [
             j
             for j in await self._catalog.list_jobs(state=JobState.QUEUED, limit=10_000)
@@ -358,7 +479,15 @@ class OnlineBackupRunner:
 
     async def _execute(self, job: JobRow, entry: _Running) -> None:
         try:
-            await self._catalog.transition_job(job.id, JobState.RUNNING)
+            if self.gate is not None:
+                decision = self.gate.decision(Operation.BACKUP_TO_CLOUD)
+                if not decision.allowed:
+                    entry.refused = decision.reason
+                    await self._fail(job.id, decision.reason, retryable=False)
+                    return
+            started = await self._catalog.transition_job(job.id, JobState.RUNNING)
+            if started.state is not JobState.RUNNING:
+                return  # it ended while queued (refused, cancelled): nothing to run
             await self._copy(job, entry)
         except asyncio.CancelledError:
             await self._fail(job.id, SHUTDOWN_ERROR, retryable=True)
@@ -392,6 +521,10 @@ class OnlineBackupRunner:
     async def _end(
         self, job_id: JobId, state: JobState, *, error: str, retryable: bool | None = None
     ) -> None:
+        entry = self._running.get(job_id)
+        if entry is not None and entry.refused is not None:
+            # Stopped by the cloud policy: whatever broke off the job, the policy is why.
+            state, error, retryable = JobState.FAILED, entry.refused, False
         log.warning("online_backup_ended", job_id=job_id, state=state.value, error=error)
         # The catalog write must happen even while this task is being cancelled.
         with contextlib.suppress(Exception):
@@ -423,12 +556,26 @@ class OnlineBackupRunner:
         protected, bound = await self._scratch.bound()
         config = self._config()
         budget = ScratchBudget(bound)
-        latest: list[dict[str, Any]] = []
+        state = _JobProgress(bound)
 
-        def progress(p: OnlineProgress) -> None:
-            latest[:] = [_progress_doc(p, bound)]
+        def on_retry(event: RetryEvent) -> None:
+            state.on_retry(event)
+            log.warning(
+                "vault_retry",
+                job_id=job.id,
+                call=event.what,
+                kind=event.error.kind,
+                attempt=event.attempt + 1,  # the one about to start, as in the status
+                delay=round(event.delay, 3),
+                spent=round(event.spent, 1),
+                budget=event.budget,
+                error=str(event.error),
+            )
 
-        writer = asyncio.create_task(self._write_progress(job.id, latest))
+        retrying = vault.backend if isinstance(vault.backend, Retrying) else None
+        if retrying is not None:
+            retrying.observer = on_retry
+        writer = asyncio.create_task(self._write_progress(job.id, state))
         try:
             result = await copy_recovery_point(
                 self._pool,
@@ -438,12 +585,14 @@ class OnlineBackupRunner:
                 budget,
                 parallelism=config.online.parallelism,
                 pack_size=config.online.pack_mib << 20,
-                progress=progress,
+                progress=state.on_engine,
                 stop=entry.stop,
                 agent=ds.agent_id,
                 now_ns=now_ns_of(self._clock),
             )
         finally:
+            if retrying is not None and retrying.observer is on_retry:
+                retrying.observer = None
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await writer
@@ -469,12 +618,13 @@ class OnlineBackupRunner:
         await self._catalog.transition_job(job.id, JobState.SUCCEEDED, result=doc)
         log.info("online_backup_succeeded", job_id=job.id, data_source=ds.id, **doc)
 
-    async def _write_progress(self, job_id: JobId, latest: list[dict[str, Any]]) -> None:
+    async def _write_progress(self, job_id: JobId, state: _JobProgress) -> None:
         written: dict[str, Any] | None = None
         while True:
             await asyncio.sleep(PROGRESS_SECONDS)
-            if latest and latest[0] != written:
-                written = latest[0]
+            doc = state.doc()
+            if doc is not None and doc != written:
+                written = doc
                 with contextlib.suppress(Exception):
                     await self._catalog.update_progress(job_id, written)
 
@@ -504,14 +654,16 @@ class OnlineBackupRunner:
                 reg.vault_id,
                 reg.header_generation,
             ):
+                policy = self._retry_policy()  # a SIGHUP may have changed the budget
+                if policy is not None and isinstance(self._vault.backend, Retrying):
+                    self._vault.backend.policy = policy
                 return self._vault
             await self._drop_vault()
             unlocked = await self._registry.unlocked()
             inner = self._opener(unlocked.registration.backend)
+            policy = self._retry_policy()
             backend: VaultBackend = (
-                inner
-                if self._retry is None
-                else Retrying(inner, self._retry, throttle=self.throttle)
+                inner if policy is None else Retrying(inner, policy, throttle=self.throttle)
             )
             cache_dir = self._config().data_dir / "vault"
             try:
@@ -537,6 +689,14 @@ class OnlineBackupRunner:
             )
             log.info("vault_opened", vault=repr(vault))
             return vault
+
+    def _retry_policy(self) -> RetryPolicy | None:
+        """The runner's own policy as given, or ONLINE_RETRY (the default) with the
+        configured budget."""
+        if self._retry is not ONLINE_RETRY:
+            return self._retry
+        budget = float(self._config().online.retry_budget_seconds)
+        return replace(ONLINE_RETRY, budget=budget)
 
     async def _forget_vault(self) -> None:
         async with self._vault_lock:

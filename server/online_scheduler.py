@@ -12,7 +12,9 @@ a fake clock), for every data source of a live group with online protection enab
    The newest due slot is recorded as served whatever happened: an online job of the data
    source already queued or running serves it. A slot that cannot start a job (no vault
    registered, no disk RP yet) opens the `ONLINE_BACKUP_NOT_STARTED` alert for the data
-   source with the reason; the next job that starts resolves it.
+   source with the reason; the next job that starts resolves it. A slot the cloud policy
+   refuses (server/cloud_gate.py) also leaves its job, stored failed with the policy's
+   reason (connectivity and vault state), not retryable.
 2. **Retries.** The newest online job of a data source, with trigger schedule, missed or
    retry, that failed as retryable (a cloud outage past the retry budget, a server stop)
    is tried again like a disk backup (server/scheduler.py `retry_due_at`, up to
@@ -35,6 +37,7 @@ from server.catalog import Catalog, JobKind, JobRow, JobState
 from server.catalog_errors import ConflictError, InvalidStateError
 from server.catalog_groups import ProtectedSource
 from server.catalog_rows import JobTrigger
+from server.cloud_status import CloudPolicyRefused
 from server.config import ServerConfig
 from server.ids import DataSourceId
 from server.loops import repeat
@@ -191,19 +194,29 @@ class OnlineScheduler:
             )
         except ConflictError:
             return None
+        except CloudPolicyRefused as err:
+            log.warning("online_backup_refused", data_source=ds_id, error=str(err))
+            job = await self._runner.record_refused(
+                ds_id, str(err), trigger=trigger, attempt=attempt, scheduled_for=slot
+            )
+            await self._alert_not_started(ds_id, str(err), slot)
+            return job
         except InvalidStateError as err:
             log.warning("online_backup_not_started", data_source=ds_id, error=str(err))
-            if self._alerts is not None:
-                await self._alerts.open(
-                    ONLINE_BACKUP_NOT_STARTED,
-                    ds_id,
-                    f"the scheduled online backup of data source {ds_id} did not start: {err}",
-                    details={"data_source_id": ds_id, "slot": slot},
-                )
+            await self._alert_not_started(ds_id, str(err), slot)
             return None
         if self._alerts is not None:
             await self._alerts.resolve(ONLINE_BACKUP_NOT_STARTED, ds_id)
         return job
+
+    async def _alert_not_started(self, ds_id: DataSourceId, why: str, slot: float | None) -> None:
+        if self._alerts is not None:
+            await self._alerts.open(
+                ONLINE_BACKUP_NOT_STARTED,
+                ds_id,
+                f"the scheduled online backup of data source {ds_id} did not start: {why}",
+                details={"data_source_id": ds_id, "slot": slot},
+            )
 
     async def _retries(
         self,

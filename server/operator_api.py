@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable
 from typing import Any
@@ -12,14 +13,17 @@ from aiohttp import web
 from agent import protocol as p
 from server import __version__
 from server.alerts import alert_json
+from server.auth import Handler
 from server.capacity import pool_capacity
 from server.catalog import JobState
 from server.catalog_errors import CatalogError
 from server.cloud_restore import disk_copy_gone
+from server.cloud_status import CloudPolicyRefused
 from server.context import CTX_KEY, ServerContext
 from server.http_json import error_response, read_object
 from server.operator_cloud import restore_from_cloud
 from server.operator_cloud import routes as cloud_routes
+from server.operator_connection import routes as connection_routes
 from server.operator_groups import deletion_options
 from server.operator_groups import routes as group_routes
 from server.operator_online import TIERS, online_rps, start_online_backup
@@ -119,6 +123,20 @@ def rp_json(r: Any) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- handlers
+
+
+def policy_refusals_as_409(handler: Handler) -> Handler:
+    """A job start the cloud policy refuses (server/cloud_gate.py) is 409 Conflict with the
+    policy's reason (it names the connectivity and the vault state); the CLI exits 1."""
+
+    @functools.wraps(handler)
+    async def checked(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except CloudPolicyRefused as err:
+            return error_response(409, str(err))
+
+    return checked
 
 
 async def health(request: web.Request) -> web.Response:
@@ -482,8 +500,8 @@ def routes() -> Iterable[web.RouteDef]:
         web.get(f"{b}/data-sources", list_data_sources),
         web.post(f"{b}/data-sources", add_data_source),
         web.delete(f"{b}/data-sources/{{ref}}", remove_data_source),
-        web.post(f"{b}/jobs/backup", start_backup),
-        web.post(f"{b}/jobs/restore", start_restore),
+        web.post(f"{b}/jobs/backup", policy_refusals_as_409(start_backup)),
+        web.post(f"{b}/jobs/restore", policy_refusals_as_409(start_restore)),
         web.get(f"{b}/jobs", list_jobs),
         web.get(f"{b}/jobs/{{id}}", get_job),
         web.post(f"{b}/jobs/{{id}}/cancel", cancel_job),
@@ -493,6 +511,7 @@ def routes() -> Iterable[web.RouteDef]:
         *group_routes(),
         *vault_routes(),
         *cloud_routes(),
+        *connection_routes(),
         *verify_routes(),
         web.get(f"{b}/alerts", list_alerts),
     ]

@@ -13,8 +13,9 @@ live protection group:
    ``missed``, for the newest slot, and a `MISSED_BACKUP` alert naming the slots that did
    not run. The newest due slot is then recorded as served whatever happened: a backup of
    the data source already queued or running serves it (no second job is queued), and a
-   job refused because the pool is under its free-space reserve is stored as failed with
-   the reserve's message (`Catalog.record_refused_job`).
+   job refused because the pool is under its free-space reserve, or by the cloud policy
+   (server/cloud_gate.py: the connectivity and vault state in its message), is stored as
+   failed with that message (`Catalog.record_refused_job`), not retryable.
 2. **Retries.** When a data source's newest backup job has trigger schedule, missed or
    retry, ended ``failed`` with ``retryable`` set (a transient failure: the agent stayed
    offline past its wait, restarted, or reported a lost connection), and has made fewer
@@ -49,6 +50,7 @@ from server.capacity import InsufficientStorageError
 from server.catalog import Catalog, ConflictError, InvalidStateError, JobKind, JobRow, JobState
 from server.catalog_groups import ProtectedSource
 from server.catalog_rows import JobTrigger
+from server.cloud_status import CloudPolicyRefused
 from server.config import JobsSettings, ServerConfig
 from server.ids import DataSourceId
 from server.loops import repeat
@@ -200,7 +202,7 @@ class Scheduler:
             job: JobRow = await self._jobs.start_backup(
                 ds.id, trigger=trigger, attempt=attempt, scheduled_for=scheduled_for
             )
-        except InsufficientStorageError as err:
+        except (InsufficientStorageError, CloudPolicyRefused) as err:
             log.warning("scheduled_backup_refused", data_source=ds.id, error=str(err))
             return await self._catalog.record_refused_job(
                 JobKind.BACKUP,

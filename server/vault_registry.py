@@ -73,6 +73,7 @@ __all__ = [
     "NotRegisteredError",
     "OneVaultError",
     "RegisterOutcome",
+    "RegistrationListener",
     "UnlockedVault",
     "VaultMismatchError",
     "VaultRegistry",
@@ -85,6 +86,8 @@ INIT_MARKER_NAME: Final = "stockade-vault-init.json"
 INIT_MARKER_FORMAT: Final = "stockade-vault-init"
 
 BackendOpener = Callable[[Mapping[str, Any]], VaultBackend]
+# Told of every registration this registry writes (the connection monitor listens).
+RegistrationListener = Callable[[Registration], None]
 
 
 class VaultRegistryError(Exception):
@@ -175,6 +178,24 @@ class VaultRegistry:
         self._lock = asyncio.Lock()
         # Header bytes already unlocked and checked, so Get-Vault does not re-run the KDF.
         self._verified: tuple[bytes, VaultKeys] | None = None
+        self._listeners: list[RegistrationListener] = []
+
+    @property
+    def opener(self) -> BackendOpener:
+        """How this server opens its vault's backend (vault_sync and restores use it too)."""
+        return self._opener
+
+    def use_opener(self, opener: BackendOpener) -> None:
+        """Open backends with `opener` from now on (the daemon passes an observed one)."""
+        self._opener = opener
+
+    def add_listener(self, listener: RegistrationListener) -> None:
+        """Call `listener` (synchronously; it must not raise) after each new registration."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: RegistrationListener) -> None:
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(listener)
 
     # ------------------------------------------------------------------ helpers
 
@@ -355,6 +376,8 @@ class VaultRegistry:
             )
             await self._save(registration)
             self._verified = (raw, keys)
+        for listener in list(self._listeners):
+            listener(registration)
         log.info(
             "vault_registered",
             vault_id=vault_id,
@@ -408,6 +431,19 @@ class VaultRegistry:
             reg = await self._registered()
             async with self._backend(reg.backend) as backend:
                 raw, header = await self._registered_header(backend, reg)
+            keys, reg = await self._unlock(header, raw, reg)
+        return UnlockedVault(reg, header, keys)
+
+    async def verify_header(self, raw: bytes) -> UnlockedVault:
+        """Check header bytes read from the registered vault (a connection probe read them):
+        structure, vault id, MAC and generation, with the keys already unlocked for these
+        bytes when there are (no KDF run per probe). HeaderError, VaultMismatchError,
+        HeaderTamperedError, RollbackError or WrongPassphraseError when they fail."""
+        async with self._lock:
+            reg = await self._registered()
+            header = VaultHeader.from_json(raw)
+            if header.vault_id_hex != reg.vault_id:
+                raise VaultMismatchError(reg.vault_id, header.vault_id_hex)
             keys, reg = await self._unlock(header, raw, reg)
         return UnlockedVault(reg, header, keys)
 

@@ -18,8 +18,9 @@ a tampered object must not erase what the catalog knew. Only adds and marks: run
 twice changes nothing.
 
 `registered_vault` opens the server's registered vault (keys from the registration, no
-second KDF run when the header is unchanged) with its location cache under
-``<data_dir>/vault``; the cache holds the catalog generation this server has seen, which
+second KDF run when the header is unchanged) through the registry's opener (the daemon's
+is observed by the connection monitor, server/cloud_health.py) with its location cache
+under ``<data_dir>/vault``; the cache holds the catalog generation this server has seen, which
 makes a later rollback of the vault detectable.
 """
 
@@ -36,7 +37,6 @@ import structlog
 
 from server.catalog import Catalog
 from server.catalog_errors import CatalogError
-from server.vault_backends import open_backend
 from server.vault_registry import VaultRegistry
 from storage_pool.vault.catalog import ManifestStatus
 from storage_pool.vault.location_cache import LocationCache
@@ -91,7 +91,7 @@ def cache_dir_of(registry: VaultRegistry) -> Path:
 async def registered_vault(registry: VaultRegistry) -> AsyncIterator[Vault]:
     """The registered vault, open with its location cache; NotRegisteredError if none."""
     unlocked = await registry.unlocked()
-    backend = open_backend(unlocked.registration.backend)
+    backend = registry.opener(unlocked.registration.backend)
     try:
         cache_dir = cache_dir_of(registry)
         await asyncio.to_thread(cache_dir.mkdir, mode=0o700, parents=True, exist_ok=True)

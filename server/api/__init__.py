@@ -83,7 +83,18 @@ Under ``/api/v1``:
 ``PUT  /throttling``                  some of ``{"enabled","work_bps" ("10Mbps" or bit/s),
     "non_work_bps","work_days" (names or numbers),"work_start" ("08:00"),"work_end"}`` -> the
     new setting; a rate outside 512 Kbps .. 1023 Mbps or bad days/hours 400
+``GET  /cloud/connection``            -> ``{"connected","connectivity" (connected|disconnected|
+    lost|not_registered),"vault_state" (active|expired|deprovisioned|null),"vault",
+    "last_success","last_failure","last_error","last_reason","last_probe","checked_at",
+    "since_contact_seconds","lost_after_seconds","operations":{"backup_to_cloud"|
+    "backup_to_disk"|"restore_from_cloud"|"restore_from_disk": {"allowed","reason"}},
+    "summary", and "*_iso" copies of the four times}`` (server/operator_connection.py);
+    503 while the connectivity monitor is not running
+``POST /cloud/connection/probe``      probe the vault now -> the same document; a failed
+    probe is the answer (``connected`` false, ``last_reason``), not an HTTP error
 ``POST /jobs/verify``                 ``{"tier": "disk"|"cloud","sample"?: (0, 1],"seed"?}`` ->
     201 a VERIFY job (server/verify_jobs.py); no vault for the cloud tier or another verify
     job active 409; its result lists damaged/repaired chunks and the (online) RPs they break
+
+Outside ``/api/v1``, with no token: ``GET /metrics``, Prometheus text (server/metrics.py).
 """

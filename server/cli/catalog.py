@@ -10,6 +10,7 @@ from server.cli.cmdlet import Cmdlet
 from server.cli.cmdlets_agents import GET_AGENT, NEW_AGENT_TOKEN, REMOVE_AGENT
 from server.cli.cmdlets_alerts import GET_ALERT
 from server.cli.cmdlets_backup import GET_RECOVERY_POINT, START_BACKUP
+from server.cli.cmdlets_connection import GET_CLOUD_CONNECTION
 from server.cli.cmdlets_datasources import GET_DATA_SOURCE, NEW_DATA_SOURCE, REMOVE_DATA_SOURCE
 from server.cli.cmdlets_groups import (
     GET_PROTECTION_GROUP,
@@ -27,7 +28,7 @@ from server.cli.cmdlets_verify import SET_THROTTLING, START_VERIFY
 __all__ = ["CMDLETS", "find_cmdlet"]
 
 CMDLETS: Final[tuple[Cmdlet, ...]] = (
-    Cmdlet("Get-CloudConnection", "cloud connectivity health (True/False), -Detailed, -Probe"),
+    GET_CLOUD_CONNECTION,
     NEW_VAULT,
     REGISTER_VAULT,
     GET_VAULT,
