@@ -144,18 +144,8 @@ class CloudHealth:
         lost_after = cloud.lost_after_days * 86400.0
         vault = self._vault
         if vault is None:
-            return CloudStatus(
-                connectivity=Connectivity.NOT_REGISTERED,
-                vault_state=None,
-                vault=None,
-                last_success=None,
-                last_failure=None,
-                last_error=None,
-                last_reason=None,
-                last_probe=None,
-                checked_at=now,
-                lost_after_seconds=lost_after,
-                lost_stops_disk_backups=cloud.lost_stops_disk_backups,
+            return CloudStatus.unregistered(
+                now, lost_after, lost_stops_disk_backups=cloud.lost_stops_disk_backups
             )
         r = self._record
         return CloudStatus(

@@ -103,6 +103,25 @@ class CloudStatus:
     lost_after_seconds: float
     lost_stops_disk_backups: bool = True
 
+    @classmethod
+    def unregistered(
+        cls, now: float, lost_after_seconds: float, *, lost_stops_disk_backups: bool = True
+    ) -> CloudStatus:
+        """The status of a server with no vault registered."""
+        return cls(
+            connectivity=Connectivity.NOT_REGISTERED,
+            vault_state=None,
+            vault=None,
+            last_success=None,
+            last_failure=None,
+            last_error=None,
+            last_reason=None,
+            last_probe=None,
+            checked_at=now,
+            lost_after_seconds=lost_after_seconds,
+            lost_stops_disk_backups=lost_stops_disk_backups,
+        )
+
     @property
     def registered(self) -> bool:
         return self.connectivity is not Connectivity.NOT_REGISTERED

@@ -24,18 +24,8 @@ def cloud_status(
     """The status at `now` for a vault last reached when `connectivity` implies: just now
     when connected, an hour ago when disconnected, 16 days ago when lost."""
     if connectivity is Connectivity.NOT_REGISTERED:
-        return CloudStatus(
-            connectivity=connectivity,
-            vault_state=None,
-            vault=None,
-            last_success=None,
-            last_failure=None,
-            last_error=None,
-            last_reason=None,
-            last_probe=None,
-            checked_at=now,
-            lost_after_seconds=LOST_AFTER,
-            lost_stops_disk_backups=lost_stops_disk_backups,
+        return CloudStatus.unregistered(
+            now, LOST_AFTER, lost_stops_disk_backups=lost_stops_disk_backups
         )
     since = {
         Connectivity.CONNECTED: 0.0,
