@@ -61,14 +61,7 @@ async def sync_alert(
         f"vault {status.vault}: {status.summary()}; last successful contact"
         f" {_utc(record.last_success)}; last error{reason}{error}",
         severity=AlertSeverity.CRITICAL if stops else AlertSeverity.ERROR,
-        details={
-            "connectivity": status.connectivity.value,
-            "vault_state": None if status.vault_state is None else status.vault_state.value,
-            "last_success": record.last_success,
-            "last_failure": record.last_failure,
-            "last_reason": None if record.last_reason is None else record.last_reason.value,
-            "last_error": record.last_error,
-        },
+        details={**log_fields(status, record), "last_failure": record.last_failure},
     )
 
 
