@@ -199,7 +199,8 @@ class RecoveryPointTables(CatalogBase):
     async def list_recovery_points(
         self, data_source_id: DataSourceId | None = None, agent_id: AgentId | None = None
     ) -> list[RecoveryPointRow]:
-        """Newest first."""
+        """Newest first. Two RPs of one second (ids end in random hex) are ordered by when
+        their rows were written, so "the latest RP" is the one committed last."""
         where: list[str] = ["1 = 1"]
         params: list[str] = []
         if data_source_id is not None:
@@ -211,7 +212,7 @@ class RecoveryPointTables(CatalogBase):
         async with self._read() as tx:
             rows = await tx.all(
                 f"SELECT {RECOVERY_POINT_COLUMNS} FROM {RECOVERY_POINT_FROM}"
-                f" WHERE {' AND '.join(where)} ORDER BY r.created_at DESC, r.id DESC",
+                f" WHERE {' AND '.join(where)} ORDER BY r.created_at DESC, r.rowid DESC",
                 params,
             )
         return [recovery_point_from_row(r) for r in rows]
