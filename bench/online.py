@@ -36,6 +36,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -188,35 +189,54 @@ async def bench_backend(
     scratch_bound: int,
     pack_size: int,
     parallelism: int,
+    repeat: int,
 ) -> Figures:
     work = run / kind
     work.mkdir()
     async with service(kind, run) as make:
-        backend = make("benchvault")
-        vault = await Vault.create(backend, PASSPHRASE, cache_dir=work / "cache")
-        budget = ScratchBudget(scratch_bound)
-        await asyncio.to_thread(os.sync)
-        log(f"[{kind}] online copy (scratch bound {scratch_bound / MiB:.0f} MiB) ...")
-        started = time.perf_counter()
-        result: OnlineBackupResult = await copy_recovery_point(
-            pool, rp, vault, work / "scratch", budget, parallelism=parallelism, pack_size=pack_size
-        )
-        online = time.perf_counter() - started
-        await vault.close()
+        # Online and plain runs alternate so that both see the same spells of load on a
+        # shared machine; the medians are compared.
+        onlines: list[float] = []
+        plains: list[float] = []
+        result: OnlineBackupResult | None = None
+        for i in range(repeat):
+            backend = make(f"benchvault{i}")
+            vault = await Vault.create(backend, PASSPHRASE, cache_dir=work / f"cache{i}")
+            budget = ScratchBudget(scratch_bound)
+            await asyncio.to_thread(os.sync)
+            log(
+                f"[{kind}] online copy {i + 1}/{repeat} (scratch bound"
+                f" {scratch_bound / MiB:.0f} MiB) ..."
+            )
+            started = time.perf_counter()
+            result = await copy_recovery_point(
+                pool,
+                rp,
+                vault,
+                work / "scratch",
+                budget,
+                parallelism=parallelism,
+                pack_size=pack_size,
+            )
+            onlines.append(time.perf_counter() - started)
+            await vault.close()
+            await backend.close()
 
-        log(f"[{kind}] plain upload of {result.bytes_uploaded / MiB:.0f} MiB ...")
-        files = await asyncio.to_thread(
-            write_plain_files, work / "plain", result.bytes_uploaded, pack_size
-        )
-        plain_backend = make("benchplain")
-        await plain_backend.ensure_container()
-        plain = await plain_upload(plain_backend, files, parallelism)
-        await plain_backend.close()
-        await asyncio.to_thread(shutil.rmtree, work / "plain")
+            log(f"[{kind}] plain upload {i + 1}/{repeat} of {result.bytes_uploaded / MiB:.0f} MiB")
+            files = await asyncio.to_thread(
+                write_plain_files, work / "plain", result.bytes_uploaded, pack_size
+            )
+            plain_backend = make(f"benchplain{i}")
+            await plain_backend.ensure_container()
+            plains.append(await plain_upload(plain_backend, files, parallelism))
+            await plain_backend.close()
+            await asyncio.to_thread(shutil.rmtree, work / "plain")
+        assert result is not None
+        online, plain = statistics.median(onlines), statistics.median(plains)
 
         log(f"[{kind}] restore into a fresh pool ...")
-        restore_backend = make("benchvault")
-        fresh = await Vault.open(restore_backend, PASSPHRASE, cache_dir=work / "cache2")
+        restore_backend = make("benchvault0")
+        fresh = await Vault.open(restore_backend, PASSPHRASE, cache_dir=work / "restore-cache")
         new_pool = await StoragePool.create(work / "restored-pool")
         try:
             started = time.perf_counter()
@@ -234,7 +254,6 @@ async def bench_backend(
             await new_pool.close()
             await fresh.close()
             await restore_backend.close()
-            await backend.close()
 
     up_mib = result.bytes_uploaded / MiB
     return Figures(
@@ -280,6 +299,9 @@ async def main() -> int:
     ap.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated subset")
     ap.add_argument("--work", type=Path, default=HERE / "out", help="run directory parent")
     ap.add_argument("--keep", action="store_true", help="keep dataset, pools and vaults")
+    ap.add_argument(
+        "--repeat", type=int, default=1, help="alternate online and plain runs N times (median)"
+    )
     args = ap.parse_args()
     kinds = [k for k in args.backends.split(",") if k]
     if unknown := set(kinds) - set(BACKENDS):
@@ -316,6 +338,7 @@ async def main() -> int:
                         scratch_bound=bound,
                         pack_size=pack_size,
                         parallelism=args.parallelism,
+                        repeat=max(1, args.repeat),
                     )
                 )
         finally:
@@ -330,6 +353,7 @@ async def main() -> int:
             "logical_bytes": rp.logical_bytes,
             "pack_size": pack_size,
             "parallelism": args.parallelism,
+            "repeat": max(1, args.repeat),
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "backends": {
                 f.backend: {
