@@ -217,12 +217,15 @@ class CloudHealth:
             self._wake.set()
         self._changed()
 
-    def _on_registration(self, registration: Registration) -> None:
+    def _on_registration(self, registration: Registration | None) -> None:
+        """A registration written, or removed (None: Unregister-Vault). The status follows
+        at once; the record stays, so re-registering the same vault continues it."""
         if not self._loaded:
             return  # `load` reads the registration itself
         self._adopt(registration)
-        self._probe_requested = True
-        self._wake.set()
+        if registration is not None:
+            self._probe_requested = True
+            self._wake.set()
         self._changed()
 
     # -- life cycle ----------------------------------------------------------------

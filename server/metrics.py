@@ -3,10 +3,11 @@
 Each server has its own `CollectorRegistry` (never prometheus-client's global one, so two
 servers in one process, as in the tests, never share series) holding one
 `StockadeCollector`. A scrape first takes a `Snapshot` of the server (async: the pool's
-statvfs and the scratch folder scan run in worker threads, the scratch bound and the last
-online job come from the catalog), then renders the registry; the collector reads the
-snapshot of the scrape in progress from a context variable, so concurrent scrapes never
-see each other's values and nothing blocking runs inside ``collect``.
+statvfs and the scratch folder scan run in worker threads, the scratch bound comes from
+the catalog, live scratch use from the online runner), then renders the registry; the
+collector reads the snapshot of the scrape in progress from a context variable, so
+concurrent scrapes never see each other's values and nothing blocking runs inside
+``collect``.
 
 Served without the operator token, like ``/api/v1/health`` (server/auth.py lists it in
 PUBLIC): Prometheus scrapers usually have none. It carries only the gauges below: no
@@ -25,10 +26,14 @@ Families (all gauges; a family with no known value has no sample):
 - ``stockade_pool_size_bytes``, ``stockade_pool_used_bytes``, ``stockade_pool_free_bytes``,
   ``stockade_pool_reserve_bytes`` the pool's filesystem (server/capacity.py);
 - ``stockade_scratch_bound_bytes`` the scratch bound (server/scratch_bound.py),
-  ``stockade_scratch_used_bytes`` pack files in the scratch area now,
+  ``stockade_scratch_used_bytes`` scratch bytes in use now: the running online backup's
+  reservations (`OnlineBackupRunner.scratch_in_use`, fed by the job's `ScratchBudget`, which
+  counts a pack before its file grows) or the pack files found in the scratch area
+  (leftovers of a crash, when idle), whichever is more,
   ``stockade_scratch_capacity_bytes`` what the scratch area could hold,
-  ``stockade_scratch_high_water_bytes`` most bytes the newest successful online backup
-  held in scratch at once.
+  ``stockade_scratch_high_water_bytes`` most bytes the running online backup has held in
+  scratch at once; when idle, the last job this process ran, else (after a restart) the
+  newest successful online backup's, from its job result.
 
 The cloud families are empty while the connectivity monitor is not running.
 """
@@ -143,14 +148,17 @@ def families(snap: Snapshot | None) -> list[Metric]:
     scratch_bound = _gauge(
         "stockade_scratch_bound_bytes", "Most bytes online backups may stage in scratch."
     )
-    scratch_used = _gauge("stockade_scratch_used_bytes", "Pack files in the scratch area now.")
+    scratch_used = _gauge(
+        "stockade_scratch_used_bytes",
+        "Scratch bytes in use now: the running online backup's, or leftover pack files.",
+    )
     scratch_capacity_ = _gauge(
         "stockade_scratch_capacity_bytes",
         "Bytes the scratch area could hold: its free space plus its pack files.",
     )
     scratch_high = _gauge(
         "stockade_scratch_high_water_bytes",
-        "Most scratch bytes the newest successful online backup held at once.",
+        "Most scratch bytes the running (else the last) online backup held at once.",
     )
     out: list[Metric] = [
         info,
@@ -251,13 +259,15 @@ async def take_snapshot(ctx: ServerContext) -> Snapshot:
         guard = ScratchGuard(ctx.catalog, None, lambda: ctx.config)
     scratch_dir = ctx.config.scratch_path
     cloud = ctx.cloud.status() if ctx.cloud is not None else None
-    pool, (_protected, bound), (used, capacity), high_water = await asyncio.gather(
+    live, live_high = ctx.online.scratch_in_use() if ctx.online is not None else (0, None)
+    pool, (_protected, bound), (found, capacity) = await asyncio.gather(
         pool_capacity(ctx.pool.root, ctx.config.pool),
         guard.bound(),
         asyncio.to_thread(_scratch_sizes, scratch_dir),
-        _high_water(ctx),
     )
-    return Snapshot(cloud, pool, ScratchGauges(bound, used, capacity, high_water))
+    high_water = live_high if live_high is not None else await _high_water(ctx)
+    gauges = ScratchGauges(bound, max(live, found), capacity, high_water)
+    return Snapshot(cloud, pool, gauges)
 
 
 REGISTRY_KEY: Final = web.AppKey("stockade_metrics_registry", CollectorRegistry)

@@ -264,6 +264,10 @@ class OnlineBackupRunner:
         self._running: dict[JobId, _Running] = {}
         self._wake = asyncio.Event()
         self._closing = False
+        # The running job's scratch budget, and the high-water mark of the last one that
+        # ran in this process (`scratch_in_use`, for /metrics).
+        self._budget: ScratchBudget | None = None
+        self._last_high_water: int | None = None
 
     # -- starting jobs -----------------------------------------------------------------
 
@@ -556,6 +560,7 @@ class OnlineBackupRunner:
         protected, bound = await self._scratch.bound()
         config = self._config()
         budget = ScratchBudget(bound)
+        self._budget = budget
         state = _JobProgress(bound)
 
         def on_retry(event: RetryEvent) -> None:
@@ -591,6 +596,7 @@ class OnlineBackupRunner:
                 now_ns=now_ns_of(self._clock),
             )
         finally:
+            self._budget, self._last_high_water = None, budget.high_water
             if retrying is not None and retrying.observer is on_retry:
                 retrying.observer = None
             writer.cancel()
@@ -633,6 +639,15 @@ class OnlineBackupRunner:
     @property
     def scratch(self) -> ScratchGuard:
         return self._scratch
+
+    def scratch_in_use(self) -> tuple[int, int | None]:
+        """(bytes the running job holds in scratch now, its high-water mark): read-only,
+        from the job's `ScratchBudget`. Idle: 0 and the high-water mark of the last job this
+        process ran, None when it ran none."""
+        budget = self._budget
+        if budget is not None:
+            return budget.in_use, budget.high_water
+        return 0, self._last_high_water
 
     async def has_vault(self) -> bool:
         return await self._registry.registration() is not None

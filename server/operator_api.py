@@ -21,12 +21,12 @@ from server.cloud_restore import disk_copy_gone
 from server.cloud_status import CloudPolicyRefused
 from server.context import CTX_KEY, ServerContext
 from server.http_json import error_response, read_object
-from server.operator_cloud import restore_from_cloud
+from server.operator_cloud import cloud_recovery_points, restore_from_cloud
 from server.operator_cloud import routes as cloud_routes
 from server.operator_connection import routes as connection_routes
 from server.operator_groups import deletion_options
 from server.operator_groups import routes as group_routes
-from server.operator_online import TIERS, online_rps, start_online_backup
+from server.operator_online import TIERS, start_online_backup
 from server.operator_vault import routes as vault_routes
 from server.operator_verify import routes as verify_routes
 from server.protection import backup_group, drop_from_pool, require_pin
@@ -401,10 +401,10 @@ async def list_recovery_points(request: web.Request) -> web.Response:
     if tier in ("disk", "all"):
         rps = await ctx.catalog.list_recovery_points(data_source_id=ds_id, agent_id=agent_id)
         out.extend(rp_json(r) for r in rps)
-    if tier in ("cloud", "all"):
-        out.extend(
-            r for r in await online_rps(ctx, ds_id) if agent_id is None or r["agent_id"] == agent_id
-        )
+    # The online RPs (and the checks of source=/deleted=) live in server/operator_cloud.py.
+    out.extend(
+        await cloud_recovery_points(ctx, q, tier=tier, data_source_id=ds_id, agent_id=agent_id)
+    )
     return web.json_response(out)
 
 

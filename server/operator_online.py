@@ -2,63 +2,25 @@
 
 ``POST /jobs/backup`` with ``"online": true`` (and ``data_source`` or
 ``protection_group``) queues online backup jobs; server/operator_api.py hands such bodies
-here. ``GET /recovery-points?tier=disk|cloud|all`` lists disk RPs, online RPs (catalog
-rows, ``"tier": "cloud"``) or both; `online_rp_json` is an online RP's document.
+here. ``GET /recovery-points?tier=disk|cloud|all`` lists disk RPs, online RPs or both
+(online RPs: server/operator_cloud.py); `TIERS` are the tiers it takes.
 Refusals (no vault registered, no disk RP, an online backup already active) are 409 with
 the reason, through the app's error middleware.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, Final
 
 from aiohttp import web
 
-from server.catalog_online import OnlineRecoveryPointRow
 from server.context import ServerContext
 from server.http_json import error_response
-from server.ids import DataSourceId
 
-__all__ = ["TIERS", "online_rp_json", "online_stats", "start_online_backup"]
+__all__ = ["TIERS", "online_stats", "start_online_backup"]
 
 TIERS: Final = ("disk", "cloud", "all")
-
-
-def online_rp_json(
-    r: OnlineRecoveryPointRow, names: Mapping[DataSourceId, tuple[str, str]]
-) -> dict[str, Any]:
-    agent_name, ds_name = names.get(r.data_source_id, (None, None))
-    return {
-        "id": r.id,
-        "data_source_id": r.data_source_id,
-        "data_source_name": ds_name,
-        "agent_id": None,
-        "agent_name": agent_name,
-        "created_at": r.source_created_at,
-        "copied_at": r.created_at,
-        "disk_rp_id": r.disk_rp_id,
-        "entries": None,
-        "files": None,
-        "logical_bytes": r.logical_bytes,
-        "warnings": 0,
-        "sequence": r.sequence,
-        "job_id": r.job_id,
-        "tier": "cloud",
-    }
-
-
-async def online_rps(
-    ctx: ServerContext, data_source_id: DataSourceId | None
-) -> list[dict[str, Any]]:
-    rows = await ctx.catalog.list_online_rps(data_source_id)
-    sources = await ctx.catalog.list_data_sources(include_removed=True)
-    names = {d.id: (d.agent_name, d.name) for d in sources}
-    out = [online_rp_json(r, names) for r in rows]
-    agents = {d.id: d.agent_id for d in sources}
-    for doc in out:
-        doc["agent_id"] = agents.get(doc["data_source_id"])
-    return out
 
 
 async def online_stats(ctx: ServerContext) -> dict[str, Any]:

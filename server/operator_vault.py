@@ -1,11 +1,12 @@
 """REST handlers of the vault (spec in server/api/__init__.py): New-Vault, Register-Vault,
-Get-Vault and Set-VaultPassphrase.
+Get-Vault, Set-VaultPassphrase and Unregister-Vault (server/vault_unregister.py).
 
 Status codes: bad input (credentials file damaged, edited or expired; short passphrase;
 bad backend spec; a location without a vault) 400; wrong passphrase or refused security
-PIN 403; another vault already registered, or none registered, 409; a vault header that
-fails its integrity checks 422; the storage refusing or failing 400 (credentials
-rejected, container gone) or 502. In every refused case nothing was registered or changed.
+PIN 403; another vault already registered, or none registered, or (unregistering) a job
+or sync using the vault, 409; a vault header that fails its integrity checks 422; the
+storage refusing or failing 400 (credentials rejected, container gone) or 502. In every
+refused case nothing was registered or changed.
 Request bodies carry passphrases: they are never logged, and answers never echo them
 (except a generated passphrase, returned once by the registration that made it).
 """
@@ -28,10 +29,12 @@ from server.vault_backends import describe, public_location
 from server.vault_registry import (
     NotRegisteredError,
     OneVaultError,
+    VaultInUseError,
     VaultRegistry,
 )
 from server.vault_state import RegistrationFileError
 from server.vault_sync import sync_after_register
+from server.vault_unregister import unregister_vault
 from storage_pool.errors import IntegrityError as PoolIntegrityError
 from storage_pool.vault.backend import AuthError, ContainerGone, VaultBackendError
 from storage_pool.vault.format_errors import HeaderError, WrongPassphraseError
@@ -68,7 +71,7 @@ def _vault_errors(what: str) -> Iterator[None]:
     except WrongPassphraseError as err:
         log.warning("vault_refused", what=what, reason="wrong_passphrase")
         raise http_error(web.HTTPForbidden, str(err)) from err
-    except (OneVaultError, NotRegisteredError) as err:
+    except (OneVaultError, NotRegisteredError, VaultInUseError) as err:
         raise http_error(web.HTTPConflict, str(err)) from err
     except (HeaderError, PoolIntegrityError) as err:
         log.error("vault_header_refused", what=what, error=str(err))
@@ -140,7 +143,9 @@ async def register_vault(request: web.Request) -> web.Response:
         "generated_passphrase": outcome.generated_passphrase,
     }
     # The catalog learns the vault's online RPs (a fresh server lists them all).
-    answer["sync"] = await sync_after_register(registry_for(_ctx(request)), _ctx(request).catalog)
+    registry = registry_for(_ctx(request))
+    with registry.in_use("vault sync"):
+        answer["sync"] = await sync_after_register(registry, _ctx(request).catalog)
     return web.json_response(answer, status=201)
 
 
@@ -173,11 +178,24 @@ async def set_vault_passphrase(request: web.Request) -> web.Response:
     )
 
 
+async def delete_registration(request: web.Request) -> web.Response:
+    """Unregister-Vault; the PIN from the body (the CLI's way: out of access logs) or the
+    query."""
+    ctx = _ctx(request)
+    body = await read_object(request, empty_ok=True)
+    _check_fields(body, frozenset({"security_pin"}), "a vault unregistration")
+    pin = _text(body, "security_pin") or request.query.get("security_pin")
+    with _vault_errors("unregister_vault"):
+        done = await unregister_vault(ctx, registry_for(ctx), pin)
+    return web.json_response(done.to_json())
+
+
 def routes() -> list[web.RouteDef]:
     b = "/api/v1"
     return [
         web.post(f"{b}/vaults", new_vault),
         web.post(f"{b}/vault/registration", register_vault),
+        web.delete(f"{b}/vault/registration", delete_registration),
         web.get(f"{b}/vault", get_vault),
         web.post(f"{b}/vault/passphrase", set_vault_passphrase),
     ]

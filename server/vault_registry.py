@@ -1,4 +1,4 @@
-"""Vault creation and registration: New-Vault, Register-Vault, Set-VaultPassphrase, Get-Vault.
+"""Vault registration: New-Vault, Register-Vault, Set-VaultPassphrase, Get-Vault, Unregister-Vault.
 
 One server, one vault. The registration (server/vault_state.py) is the server's only
 record of its vault; the vault itself is self-describing (storage_pool/vault/format.py).
@@ -33,6 +33,13 @@ after b, the old one fails and the pending one opens it and is promoted (`_unloc
 vault stays openable at every step. The header put is not conditional: two servers
 changing one vault's passphrase at once is outside "one server, one vault".
 
+Unregister-Vault (`unregister`, orchestrated by server/vault_unregister.py): under the lock,
+the caller's checks (no job or sync using the vault, then the security PIN), then the
+former-vault record and the registration file's removal (server/vault_state.py), then the
+listeners are told (with None). The vault itself is not touched. Work that reads the vault
+outside a job (a sync) holds `in_use` while it runs, so unregistering waits for nothing and
+refuses instead.
+
 Every KDF call (~0.2 s with production parameters) runs in a worker thread. Passphrases are
 never logged and never returned, except a generated one, once, by `register`.
 """
@@ -43,7 +50,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -52,7 +59,14 @@ import structlog
 
 from server.vault_backends import describe, open_backend, parse_spec, public_location
 from server.vault_credentials import VaultCredentials
-from server.vault_state import Registration, load_registration, save_registration
+from server.vault_state import (
+    FormerVault,
+    Registration,
+    load_former,
+    load_registration,
+    remove_registration,
+    save_registration,
+)
 from storage_pool.vault.backend import NotFound, VaultBackend
 from storage_pool.vault.format import HEADER_NAME
 from storage_pool.vault.format_errors import WrongPassphraseError
@@ -75,6 +89,7 @@ __all__ = [
     "RegisterOutcome",
     "RegistrationListener",
     "UnlockedVault",
+    "VaultInUseError",
     "VaultMismatchError",
     "VaultRegistry",
     "VaultRegistryError",
@@ -86,8 +101,9 @@ INIT_MARKER_NAME: Final = "stockade-vault-init.json"
 INIT_MARKER_FORMAT: Final = "stockade-vault-init"
 
 BackendOpener = Callable[[Mapping[str, Any]], VaultBackend]
-# Told of every registration this registry writes (the connection monitor listens).
-RegistrationListener = Callable[[Registration], None]
+# Told of every registration this registry writes, and None when it is removed (the
+# connection monitor listens).
+RegistrationListener = Callable[[Registration | None], None]
 
 
 class VaultRegistryError(Exception):
@@ -118,6 +134,14 @@ class NoVaultAtLocationError(VaultRegistryError, ValueError):
             f"{where} holds no Stockade vault (no header and no New-Vault marker):"
             " check the credentials file or run New-Vault"
         )
+
+
+class VaultInUseError(VaultRegistryError):
+    """The vault is in use by work outside the job table (a sync): try again after it."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(f"the vault is in use ({what}): try again when it has finished")
+        self.what = what
 
 
 class VaultMismatchError(VaultRegistryError, ValueError):
@@ -179,6 +203,7 @@ class VaultRegistry:
         # Header bytes already unlocked and checked, so Get-Vault does not re-run the KDF.
         self._verified: tuple[bytes, VaultKeys] | None = None
         self._listeners: list[RegistrationListener] = []
+        self._users: dict[str, int] = {}
 
     @property
     def opener(self) -> BackendOpener:
@@ -196,6 +221,27 @@ class VaultRegistry:
     def remove_listener(self, listener: RegistrationListener) -> None:
         with contextlib.suppress(ValueError):
             self._listeners.remove(listener)
+
+    def _tell(self, registration: Registration | None) -> None:
+        for listener in list(self._listeners):
+            listener(registration)
+
+    @contextlib.contextmanager
+    def in_use(self, what: str) -> Iterator[None]:
+        """Mark the vault as used by `what` (e.g. "vault sync") while the block runs."""
+        self._users[what] = self._users.get(what, 0) + 1
+        try:
+            yield
+        finally:
+            left = self._users[what] - 1
+            if left:
+                self._users[what] = left
+            else:
+                del self._users[what]
+
+    def users(self) -> list[str]:
+        """What holds `in_use` now."""
+        return sorted(self._users)
 
     # ------------------------------------------------------------------ helpers
 
@@ -304,6 +350,14 @@ class VaultRegistry:
 
     # ------------------------------------------------------------------ Register-Vault
 
+    async def _seen_generation(self, current: Registration | None, vault_id: str) -> int:
+        """The highest header generation this server saw of `vault_id`, registered now or
+        before an Unregister-Vault: an older header is a rollback."""
+        if current is not None:
+            return current.header_generation
+        former = await asyncio.to_thread(load_former, self.data_dir)
+        return former.header_generation if former is not None and former.vault_id == vault_id else 0
+
     async def register(
         self, credentials_doc: Any, passphrase: str | None, *, generate: bool = False
     ) -> RegisterOutcome:
@@ -352,6 +406,7 @@ class VaultRegistry:
                     raise OneVaultError(current.vault_id, vault_id)
                 if credentials.vault_id is not None and credentials.vault_id != vault_id:
                     raise VaultMismatchError(credentials.vault_id, vault_id)
+                seen = await self._seen_generation(current, vault_id)
                 if keys is None:
                     if generate:
                         raise GeneratePassphraseError(vault_id)
@@ -360,15 +415,13 @@ class VaultRegistry:
                         header,
                         secret,
                         min_params=self._min_params,
-                        min_generation=current.header_generation if current else 0,
+                        min_generation=seen,
                     )
             registration = Registration(
                 vault_id=vault_id,
                 backend=spec,
                 passphrase=secret,
-                header_generation=max(
-                    header.generation, current.header_generation if current else 0
-                ),
+                header_generation=max(header.generation, seen),
                 registered_at=now,
                 credentials_id=credentials.credentials_id,
                 credentials_expires_at=credentials.expires_at,
@@ -376,8 +429,7 @@ class VaultRegistry:
             )
             await self._save(registration)
             self._verified = (raw, keys)
-        for listener in list(self._listeners):
-            listener(registration)
+        self._tell(registration)
         log.info(
             "vault_registered",
             vault_id=vault_id,
@@ -422,6 +474,29 @@ class VaultRegistry:
             "vault_passphrase_changed", vault_id=reg.vault_id, generation=new_header.generation
         )
         return new_header
+
+    # ------------------------------------------------------------------ Unregister-Vault
+
+    async def unregister(self, check: Callable[[Registration], Awaitable[None]]) -> Registration:
+        """Forget the registered vault (module docstring): `check` is awaited under the lock
+        with the registration and refuses by raising; nothing changed then. Returns the
+        registration that was removed. The vault is not touched."""
+        async with self._lock:
+            reg = await self._registered()
+            users = self.users()
+            if users:
+                raise VaultInUseError(", ".join(users))
+            await check(reg)
+            former = FormerVault(reg.vault_id, reg.header_generation, self._clock())
+            await asyncio.to_thread(remove_registration, self.data_dir, former)
+            self._verified = None
+        self._tell(None)
+        log.info("vault_unregistered", vault_id=reg.vault_id, location=describe(reg.backend))
+        return reg
+
+    async def former(self) -> FormerVault | None:
+        """The vault this server was last unregistered from (no secret), or None."""
+        return await asyncio.to_thread(load_former, self.data_dir)
 
     # ------------------------------------------------------------------ Get-Vault, online tier
 

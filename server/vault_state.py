@@ -20,6 +20,15 @@ backup host (DESIGN.md invariant 9): the file is root-only, never logged, never 
 `server.vault_registry` for the write order); `header_generation` is the highest header
 generation this server has seen, passed to `unlock` as ``min_generation`` so an older
 header restored into the vault is refused as a rollback.
+
+Unregister-Vault removes the registration file (the passphrase and the storage credentials
+go with it) after writing ``<data_dir>/vault/former.json`` (0600, no secret in it)::
+
+    {"format": "stockade-vault-former", "format_version": 1,
+     "vault_id": "<32 hex>", "header_generation": int, "unregistered_at": <unix s>}
+
+so a later registration with the same vault still refuses a header older than the one this
+server last saw, and listings can name the vault the catalog's online RPs are in.
 """
 
 from __future__ import annotations
@@ -33,15 +42,19 @@ from typing import Any, Final
 from server.tls import write_file_atomic
 
 __all__ = [
+    "FormerVault",
     "Registration",
     "RegistrationFileError",
+    "load_former",
     "load_registration",
     "registration_path",
+    "remove_registration",
     "save_registration",
 ]
 
 STATE_FORMAT: Final = "stockade-vault-registration"
 STATE_VERSION: Final = 1
+FORMER_FORMAT: Final = "stockade-vault-former"
 
 
 class RegistrationFileError(Exception):
@@ -98,3 +111,47 @@ def save_registration(data_dir: Path, registration: Registration) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(path.parent, 0o700)
     write_file_atomic(path, registration.to_json(), mode=0o600)
+
+
+@dataclass(frozen=True, slots=True)
+class FormerVault:
+    """What the server keeps of a vault it was unregistered from: no secret."""
+
+    vault_id: str
+    header_generation: int
+    unregistered_at: float
+
+
+def _former_path(data_dir: Path) -> Path:
+    return data_dir / "vault" / "former.json"
+
+
+def load_former(data_dir: Path) -> FormerVault | None:
+    """The last vault this server was unregistered from, or None. A damaged file counts as
+    none: it only raises a floor, and losing the floor is what a fresh server has. Blocking."""
+    try:
+        doc = json.loads(_former_path(data_dir).read_bytes())
+        if doc.get("format") != FORMER_FORMAT or doc.get("format_version") != STATE_VERSION:
+            return None
+        return FormerVault(
+            str(doc["vault_id"]), int(doc["header_generation"]), float(doc["unregistered_at"])
+        )
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+def remove_registration(data_dir: Path, former: FormerVault) -> None:
+    """Write `former`, then delete the registration file and make the deletion durable.
+    Blocking. Interrupted between the two, the server is still registered (the former
+    record is harmless)."""
+    doc = {"format": FORMER_FORMAT, "format_version": STATE_VERSION, **asdict(former)}
+    path = registration_path(data_dir)
+    write_file_atomic(
+        _former_path(data_dir), (json.dumps(doc, sort_keys=True) + "\n").encode(), mode=0o600
+    )
+    path.unlink(missing_ok=True)
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -31,8 +31,16 @@ Under ``/api/v1``:
    job = ``{"id","kind","state","agent_id","data_source_id","params","progress":{"files",
    "bytes","rate_bps","current_path"},"result","error","warnings","created_at","started_at",
    "ended_at"}``
-``GET  /recovery-points?data_source=&agent=`` -> ``[{"id","data_source_id","data_source_name",
-    "agent_id","agent_name","created_at","entries","files","logical_bytes","tier":"disk"}]``
+``GET  /recovery-points?data_source=&agent=&tier=disk|cloud|all`` -> ``[{"id","data_source_id",
+    "data_source_name","agent_id","agent_name","created_at","entries","files","logical_bytes",
+    "warnings","tier":"disk"}]``; with ``tier=cloud`` (or ``all``) the online RPs too, the one
+    listing of them (server/operator_cloud.py): the same fields (``created_at`` of the disk RP
+    copied; ``entries``/``files`` null) plus ``"copied_at","disk_rp_id","sequence","job_id",
+    "deleted_at","tier":"cloud","vault_id","vault_registered"``. They come from the catalog
+    (what this server recorded); ``source=vault`` syncs the catalog from the vault first
+    (alternate-server recovery; no vault 409, wrong passphrase 403, tampered/rolled-back 422,
+    storage 502); ``deleted=1`` adds soft-deleted ones. After Unregister-Vault they stay
+    listed with ``vault_registered`` false (``vault_id`` names the vault they are in)
 ``GET  /recovery-points/{id}/items?path=`` -> ``[{"path","type","size","mode","mtime"}]``: the
     direct children of ``path`` ("" = top level); paths are fsdecode (surrogateescape) strings
 ``GET  /storage-pool``                -> ``{"path","recovery_points","logical_bytes",
@@ -77,6 +85,16 @@ Under ``/api/v1``:
     "online_recovery_points","online_data_sources","stored_bytes","error"}``
 ``POST /vault/passphrase``            ``{"passphrase","security_pin"}`` -> ``{"vault_id",
     "header_generation"}``: re-wraps the master key; needs a security PIN (403)
+``DELETE /vault/registration``        body ``{"security_pin"}`` (or ``?security_pin=``) ->
+    ``{"vault_id","location","description","unregistered_at","online_recovery_points",
+    "vault_data":"kept"}``: Unregister-Vault (server/vault_unregister.py); the registration
+    and its stored passphrase are removed, the vault is not touched, online RP rows stay;
+    no vault registered 409, a queued or running online backup, cloud restore, cloud
+    verify or cloud GC 409 naming the job, a vault sync running 409, PIN refused 403.
+    The connection then reads ``not_registered`` and cloud operations are refused
+``POST /vault/sync``                  -> ``{"vault_id","catalog_generation","listed","added",
+    "agents_created","data_sources_created","marked_deleted","pending","skipped","refused"}``:
+    the catalog's online RPs brought in line with the vault (server/vault_sync.py)
 ``GET  /throttling``                  -> ``{"enabled","work_bps","non_work_bps","work_days"
     (0 Monday .. 6 Sunday),"work_start","work_end" (whole hours),"work_hour_bandwidth",
     "non_work_hour_bandwidth","work_day_names"}`` (server/throttling.py)

@@ -1,7 +1,8 @@
 """Every cmdlet the CLI knows, in CLI.md's order; those not delivered yet have no ``run``.
 
 The names are fixed by CLI.md (plus New-DataSource and Remove-DataSource, which issue 3
-adds); parameters grow with each issue.
+adds, and Unregister-Vault, the way back from Register-Vault); parameters grow with each
+issue.
 """
 
 from typing import Final
@@ -22,7 +23,13 @@ from server.cli.cmdlets_jobs import GET_JOB, STOP_JOB, WAIT_JOB
 from server.cli.cmdlets_pins import NEW_SECURITY_PIN
 from server.cli.cmdlets_pool import GET_STORAGE_POOL
 from server.cli.cmdlets_restore import GET_RECOVERABLE_ITEM, START_RESTORE
-from server.cli.cmdlets_vault import GET_VAULT, NEW_VAULT, REGISTER_VAULT, SET_VAULT_PASSPHRASE
+from server.cli.cmdlets_vault import (
+    GET_VAULT,
+    NEW_VAULT,
+    REGISTER_VAULT,
+    SET_VAULT_PASSPHRASE,
+    UNREGISTER_VAULT,
+)
 from server.cli.cmdlets_verify import SET_THROTTLING, START_VERIFY
 
 __all__ = ["CMDLETS", "find_cmdlet"]
@@ -33,6 +40,7 @@ CMDLETS: Final[tuple[Cmdlet, ...]] = (
     REGISTER_VAULT,
     GET_VAULT,
     SET_VAULT_PASSPHRASE,
+    UNREGISTER_VAULT,
     SET_THROTTLING,
     NEW_AGENT_TOKEN,
     GET_AGENT,

@@ -66,6 +66,12 @@ START_BACKUP: Final = Cmdlet(
 )
 
 
+def _tier(p: dict[str, Any]) -> str:
+    tier = str(p.get("tier") or "disk").capitalize()
+    # An online RP of a vault this server was unregistered from (server/vault_unregister.py).
+    return f"{tier} (unregistered)" if p.get("vault_registered") is False else tier
+
+
 def recovery_point_table(points: Sequence[dict[str, Any]]) -> str:
     rows = [
         [
@@ -74,7 +80,7 @@ def recovery_point_table(points: Sequence[dict[str, Any]]) -> str:
             local_time(p.get("created_at")),
             f"{p.get('files') or 0:,}",
             human_bytes(p.get("logical_bytes")),
-            str(p.get("tier") or "disk").capitalize(),
+            _tier(p),
         ]
         for p in points
     ]

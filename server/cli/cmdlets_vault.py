@@ -1,4 +1,4 @@
-"""Vault cmdlets: New-Vault, Register-Vault, Get-Vault, Set-VaultPassphrase.
+"""Vault cmdlets: New-Vault, Register-Vault, Get-Vault, Set-VaultPassphrase, Unregister-Vault.
 
 New-Vault runs on the server (which must reach the storage) and writes the credentials
 file it answers to -OutFile here, mode 0600, never over an existing file: it holds the
@@ -29,7 +29,7 @@ from server.cli.passphrase_input import (
 from server.cli.render import key_values, local_time
 from server.cli.resolve import expect_object
 
-__all__ = ["GET_VAULT", "NEW_VAULT", "REGISTER_VAULT", "SET_VAULT_PASSPHRASE"]
+__all__ = ["GET_VAULT", "NEW_VAULT", "REGISTER_VAULT", "SET_VAULT_PASSPHRASE", "UNREGISTER_VAULT"]
 
 Obj = dict[str, Any]
 
@@ -337,5 +337,46 @@ SET_VAULT_PASSPHRASE: Final = Cmdlet(
     examples=(
         "stockade Set-VaultPassphrase -PassphraseFile /root/new.pass -SecurityPin 12345678",
         "stockade Set-VaultPassphrase -SecurityPin 12345678   # asks for the new passphrase",
+    ),
+)
+
+
+def _unregister_vault(inv: Invocation) -> int:
+    body: Obj = {}
+    pin = inv.args.text("SecurityPin")
+    if pin is not None:
+        body["security_pin"] = pin
+    answer = expect_object(
+        inv.client.request("DELETE", "/vault/registration", body=body),
+        inv.client,
+        "DELETE /vault/registration",
+    )
+    if inv.json:
+        inv.emit_json(answer)
+        return EXIT_OK
+    inv.out.write(
+        f"Unregistered from vault {answer.get('vault_id')} ({answer.get('description')}).\n"
+        "Its data stays in the vault; this server no longer holds its passphrase.\n"
+        f"{answer.get('online_recovery_points', 0)} online recovery point(s) stay listed"
+        " (Get-RecoveryPoint -Tier Cloud); Register-Vault with this vault makes them"
+        " restorable again.\n"
+    )
+    return EXIT_OK
+
+
+UNREGISTER_VAULT: Final = Cmdlet(
+    "Unregister-Vault",
+    "forget the registered vault; its data stays (needs -SecurityPin)",
+    params=(SECURITY_PIN_PARAM,),
+    run=_unregister_vault,
+    description="Removes this server's registration (with the stored passphrase and storage "
+    "credentials); nothing in the vault is deleted. Refused while an online backup, a "
+    "restore from the cloud, a cloud verify or GC, or a vault sync is queued or running. "
+    "Afterwards Get-CloudConnection says False (not_registered) and cloud operations are "
+    "refused; online recovery points stay listed, marked as in an unregistered vault. "
+    "Register-Vault with the same vault and passphrase brings them back.",
+    examples=(
+        "stockade New-SecurityPin",
+        "stockade Unregister-Vault -SecurityPin 12345678",
     ),
 )

@@ -49,7 +49,8 @@ def test_cli_help_lists_every_cmdlet(args: tuple[str, ...]) -> None:
     assert listed == {c.name for c in CMDLETS}
     assert "Get-CloudConnection" in listed
     assert "New-SecurityPin" in listed
-    assert len(CMDLETS) == 28  # CLI.md's table plus New-DataSource, Remove-DataSource
+    # CLI.md's table plus New-DataSource, Remove-DataSource and Unregister-Vault
+    assert len(CMDLETS) == 29
 
 
 def test_cli_help_for_one_cmdlet() -> None:

@@ -102,7 +102,7 @@ def test_fresh_server_restores_from_the_vault(tmp_path: Path) -> None:
             "not the passphrase of this vault",
         )
         assert wrong.code == 2 and "wrong passphrase" in wrong.err, (wrong.out, wrong.err)
-        status, listed = b.server.api("GET", "/api/v1/vault/recovery-points")
+        status, listed = b.server.api("GET", "/api/v1/recovery-points?tier=cloud")
         assert status == 200 and listed == []
 
         ok = b.cli(
@@ -115,7 +115,7 @@ def test_fresh_server_restores_from_the_vault(tmp_path: Path) -> None:
             check=True,
         )
         assert ok.json()["sync"]["listed"] == 1, ok.out
-        status, listed = b.server.api("GET", "/api/v1/vault/recovery-points")
+        status, listed = b.server.api("GET", "/api/v1/recovery-points?tier=cloud")
         assert status == 200, listed
         assert [(o["id"], o["disk_rp_id"]) for o in listed] == [(manifest, rp["id"])]
         assert listed[0]["data_source_id"] == ds["id"]

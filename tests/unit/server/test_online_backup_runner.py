@@ -2,13 +2,16 @@
 folder vault registered through `VaultRegistry` (test-only KDF parameters). Retries: the
 budget comes from ``online.retry_budget_seconds``, and each retry shows in the job's
 progress and in one log line; a fault injector over the real folder backend fails puts as a
-refused connection would, for as long as a test keeps its outage on."""
+refused connection would, for as long as a test keeps its outage on.
+
+File data is seeded (`random_bytes`), never os.urandom: with 1 MiB average chunks (up to
+8 MiB) and a 4 MiB scratch floor, unseeded data now and then made a chunk bigger than the
+bound, and the job failed with ScratchTooSmallError instead of doing what the test checks."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,8 @@ from server.catalog import Catalog, JobKind, JobState, recovery_point_labels
 from server.catalog_errors import ConflictError
 from server.catalog_rows import AgentRow, DataSourceRow
 from server.config import OnlineSettings, ServerConfig
+from server.context import ServerContext
+from server.metrics import ScratchGauges, take_snapshot
 from server.online_backup import (
     NoDiskRecoveryPointError,
     NoVaultRegisteredError,
@@ -35,6 +40,7 @@ from storage_pool.vault.retry import RetryEvent, RetryPolicy
 from storage_pool.vault.scratch import scratch_usage
 from tests.unit.pool.file_backup import file_entries
 from tests.unit.pool.pool_opener import PoolOpener
+from tests.unit.pool.sample_data import random_bytes
 from tests.unit.server.catalog_fixture import FakeClock
 from tests.unit.server.cloud_fixture import MiB, online_config
 from tests.unit.server.vault_fixture import PASSPHRASE, folder_spec, registry
@@ -102,9 +108,9 @@ async def test_job_copies_the_latest_rp_and_records_it(
     tmp_path: Path, site: Site, clock: FakeClock
 ) -> None:
     await register_vault(site, tmp_path / "vault")
-    await backup(site, {b"a.bin": os.urandom(3 * MiB)})
+    await backup(site, {b"a.bin": random_bytes(3 * MiB, 1)})
     clock.now += 3600
-    newest = await backup(site, {b"a.bin": os.urandom(3 * MiB), b"b.txt": b"hello" * 1000})
+    newest = await backup(site, {b"a.bin": random_bytes(3 * MiB, 2), b"b.txt": b"hello" * 1000})
     online = runner(site, clock)
     try:
         job = await online.start(site.ds.id)
@@ -136,7 +142,7 @@ async def test_a_new_rp_uploads_only_new_chunks(
     tmp_path: Path, site: Site, clock: FakeClock
 ) -> None:
     await register_vault(site, tmp_path / "vault")
-    big = os.urandom(4 * MiB)
+    big = random_bytes(4 * MiB, 3)
     await backup(site, {b"big": big})
     online = runner(site, clock)
     try:
@@ -174,7 +180,7 @@ async def test_transient_failure_is_retryable_and_the_next_job_resumes(
     tmp_path: Path, site: Site, clock: FakeClock
 ) -> None:
     await register_vault(site, tmp_path / "vault")
-    await backup(site, {b"a.bin": os.urandom(6 * MiB)})
+    await backup(site, {b"a.bin": random_bytes(6 * MiB, 4)})
     wrappers: list[CountingBackend] = []
 
     def failing(spec: Mapping[str, Any]) -> VaultBackend:
@@ -216,8 +222,14 @@ async def test_transient_failure_is_retryable_and_the_next_job_resumes(
 async def test_stop_job_cancels_at_a_safe_point(
     tmp_path: Path, site: Site, clock: FakeClock
 ) -> None:
+    """Guards against a flaky setup: unseeded data sometimes made a chunk bigger than the
+    4 MiB scratch floor, and the job failed before its first put instead of stopping."""
     await register_vault(site, tmp_path / "vault")
-    await backup(site, {b"a.bin": os.urandom(8 * MiB)})
+    data = random_bytes(8 * MiB, 5)
+    largest = max(len(c) for c in site.pool.new_chunker().cut(data))
+    # Room for the blob's frame, seal and trailer rows in the bound, with slack.
+    assert largest + 64 * 1024 <= site.config.scratch.min_bytes, largest
+    await backup(site, {b"a.bin": data})
     online = runner(site, clock)
     job = await online.start(site.ds.id)
 
@@ -279,7 +291,7 @@ async def test_budget_comes_from_the_config(tmp_path: Path, site: Site, clock: F
     never ends fails the job as retryable (at the default it would wait five minutes)."""
     site.config = replace(site.config, online=OnlineSettings(pack_mib=1, retry_budget_seconds=1))
     await register_vault(site, tmp_path / "vault")
-    await backup(site, {b"a.bin": os.urandom(2 * MiB)})
+    await backup(site, {b"a.bin": random_bytes(2 * MiB, 6)})
     down = asyncio.Event()
     online = runner(site, clock, opener=outage_opener(down))
     try:
@@ -300,7 +312,7 @@ async def test_retries_show_in_progress_and_logs(
     tmp_path: Path, site: Site, clock: FakeClock
 ) -> None:
     await register_vault(site, tmp_path / "vault")
-    await backup(site, {b"a.bin": os.urandom(2 * MiB)})
+    await backup(site, {b"a.bin": random_bytes(2 * MiB, 7)})
     down = asyncio.Event()
     opened: list[Outage] = []
     online = runner(site, clock, opener=outage_opener(down, opened))
@@ -348,3 +360,64 @@ def test_status_words() -> None:
     assert retry_status(event(throttled, 1, 5)).startswith("retrying after throttling (")
     server = TransientError("b", "n", "503", kind="server_error")
     assert "after server error (" in retry_status(event(server, 1, 1))
+
+
+class SamplingBackend(DelegatingBackend):
+    """A real folder backend that awaits `sample` before each put, i.e. while the job
+    holds the pack it uploads in scratch."""
+
+    def __init__(self, inner: VaultBackend, sample: Callable[[], Awaitable[None]]) -> None:
+        super().__init__(inner)
+        self.sample = sample
+
+    async def put(self, name: str, data: PutData, *, sha256: bytes | None = None) -> None:
+        await self.sample()
+        await super().put(name, data, sha256=sha256)
+
+
+async def test_scratch_in_use_follows_the_running_job_and_feeds_metrics(
+    tmp_path: Path, site: Site, clock: FakeClock
+) -> None:
+    """/metrics' live scratch gauges come from `OnlineBackupRunner.scratch_in_use`, sampled
+    here inside the real job's uploads."""
+    await register_vault(site, tmp_path / "vault")
+    await backup(site, {b"a.bin": random_bytes(6 * MiB, 8)})
+    samples: list[tuple[tuple[int, int | None], ScratchGauges]] = []
+    online: OnlineBackupRunner | None = None
+    ctx = ServerContext(
+        config=site.config,
+        catalog=site.catalog,
+        pool=site.pool,
+        operator_token="t",
+        ca_pem=b"",
+        mqtt_url="mqtt://127.0.0.1:1",
+        server_url="http://127.0.0.1:1",
+    )
+
+    async def sample() -> None:
+        assert online is not None
+        live = online.scratch_in_use()
+        samples.append((live, (await take_snapshot(ctx)).scratch))
+
+    def sampling(spec: Mapping[str, Any]) -> VaultBackend:
+        return SamplingBackend(FolderBackend(Path(spec["path"])), sample)
+
+    online = runner(site, clock, opener=sampling)
+    ctx.online = online
+    assert online.scratch_in_use() == (0, None)  # no job yet in this process
+    try:
+        done = await online.run_job(await online.start(site.ds.id))
+    finally:
+        await online.close()
+    assert done.state is JobState.SUCCEEDED, done.error
+    assert done.result is not None
+    bound, high = done.result["scratch_bound"], done.result["scratch_high_water"]
+    assert max(in_use for (in_use, _), _ in samples) > 0, samples  # packs were held
+    for (in_use, live_high), gauges in samples:
+        assert live_high is not None and in_use <= live_high <= high <= bound
+        assert gauges.used_bytes >= in_use and gauges.bound_bytes == bound
+        assert gauges.high_water_bytes == live_high
+    # Idle: nothing in use, the finished job's mark, also in /metrics.
+    assert online.scratch_in_use() == (0, high)
+    idle = (await take_snapshot(ctx)).scratch
+    assert (idle.used_bytes, idle.high_water_bytes) == (0, high)
