@@ -18,6 +18,7 @@ from server.catalog_errors import (
     SecurityPinError,
     TokenError,
 )
+from server.cloud_status import CloudPolicyRefused
 from server.context import CTX_KEY, ServerContext
 from server.data_plane import MAX_BODY, DataPlane
 from server.http_json import error_response
@@ -49,7 +50,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(404, str(err))
     except RecoveryPointNotFoundError as err:
         return error_response(404, str(err))
-    except (ConflictError, InvalidStateError) as err:
+    except (ConflictError, InvalidStateError, CloudPolicyRefused) as err:
+        # A policy refusal names the connectivity and vault state (server/cloud_gate.py).
         return error_response(409, str(err))
     except (TokenError, SecurityPinError) as err:
         return error_response(403, str(err))

@@ -11,7 +11,12 @@ The operation a job is, for the policy (`operation_of`):
   server/jobs.py). Once released, the agent reads the re-seeded RP from the pool like any
   other restore: from then on it is a restore from disk. The two columns of the table differ
   only when no vault is registered;
-- prune, gc and verify jobs are not in the table: the policy never stops them.
+- reading the vault outside a job of those kinds is a restore from cloud too: a vault sync
+  (`sync_registered`, server/vault_sync.py, with the gate: refused with the policy's
+  reason) and the healing of pool chunks from the vault by a disk verify
+  (server/verify_jobs.py: the verify runs without healing and its result says why);
+- prune, gc and verify jobs themselves are not in the table: the policy never stops them
+  (a disk verify without healing is always allowed).
 
 Starts. `JobManager.start_backup` / `start_restore` and `OnlineBackupRunner.start` /
 `start_group` call `check`, which raises `CloudPolicyRefused` (the message names the
@@ -26,13 +31,16 @@ not retryable) with the policy's reason, so Get-Job and the failed-job alert say
 
 - backup to disk: the job fails at once; its upload session is aborted through
   `JobManager.on_final` (server/data_plane.py `job_ended`), so nothing of it becomes an RP
-  (the pool's commit is the only step that makes an RP visible, and the data plane refuses
-  a commit for a job that is not running); the agent gets ``cmd.cancel`` and its later
-  ``cancelled`` result changes nothing (the first final state wins);
+  (the commit is the only step that makes an RP visible, and it checks under the job's
+  lock, server/job_commits.py, that the job is still running); a stop that comes while
+  the commit runs waits for it and then keeps the RP (the job ends succeeded with
+  warnings, saying so); the agent gets ``cmd.cancel`` and its later ``cancelled`` result
+  changes nothing (the first final state wins);
 - restore from disk: the job fails and the agent is told to cancel (files already written
   stay, as with Stop-Job);
-- restore from cloud, while it re-seeds: the job fails and the re-seed task is cancelled;
-  its pool session is aborted (chunks already fetched stay unreferenced until GC);
+- restore from cloud, while it re-seeds: the job fails and the re-seed task is cancelled
+  and waited for; its pool session is aborted (chunks already fetched stay unreferenced
+  until GC), and a pool commit it had started ends with its catalog row;
 - backup to cloud: the engine's stop event, checked between batches of packs
   (storage_pool/vault/uploader.py); packs already uploaded stay in the vault and the next
   online backup adopts them, so nothing is uploaded twice.

@@ -26,6 +26,13 @@ a restore from cloud is allowed; steps 1-4 are the restore from cloud (the re-se
 registered with the job manager, which cancels it if the policy stops the job: its pool
 session is aborted, chunks fetched so far stay unreferenced until GC); from step 5 the job
 is a restore from disk, like any restore of a pool RP.
+
+Stop-Job on the held job (server/jobs.py `cancel`) ends it ``cancelled``, then cancels the
+re-seed task and waits for it. Cancelled before the pool commit, the re-seed leaves only
+unreferenced chunks (GC takes them). Cancelled while the pool writes the RP's record, the
+write ends first (reader.py), and if the record is there its catalog row is added before
+the cancellation goes on (server/settled.py): a pool RP never lacks its row. Such an RP is
+a complete copy of the online RP, kept as an ordinary disk RP.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from server.catalog_errors import NotFoundError
 from server.catalog_online import OnlineRecoveryPointRow
 from server.cloud_status import Operation
 from server.context import ServerContext
+from server.settled import settled
 from server.vault_registry import VaultRegistry
 from server.vault_sync import registered_vault
 from storage_pool import StoragePool
@@ -119,10 +127,15 @@ async def reseed(
                 ObjectKind.MANIFEST,
                 f"copies recovery point {orp.id}, but the catalog recorded {row.disk_rp_id}",
             )
-        result = await reader.restore_into_pool(pool, orp)
-    rp = await pool.get_recovery_point(orp.id)
-    await catalog.ensure_recovery_point_owner(rp)
-    await catalog.add_recovery_point(rp)
+        try:
+            result = await reader.restore_into_pool(pool, orp)
+        except asyncio.CancelledError:
+            # The record write, if it began, has ended: its row must not be left out.
+            if await settled(in_pool(pool, orp.id), name=f"reseed-check-{orp.id}"):
+                await settled(_add_row(pool, catalog, orp.id), name=f"reseed-row-{orp.id}")
+                log.warning("reseed_cancelled_after_commit", online_rp_id=row.id, rp_id=orp.id)
+            raise
+    rp = await settled(_add_row(pool, catalog, orp.id), name=f"reseed-row-{orp.id}")
     log.info(
         "recovery_point_reseeded",
         online_rp_id=row.id,
@@ -132,6 +145,14 @@ async def reseed(
         already_present=result.already_present,
     )
     return ReseedOutcome(row.id, rp, result)
+
+
+async def _add_row(pool: StoragePool, catalog: Catalog, rp_id: str) -> RecoveryPoint:
+    """The catalog row of re-seeded pool RP `rp_id` (and its agent and data source)."""
+    rp = await pool.get_recovery_point(rp_id)
+    await catalog.ensure_recovery_point_owner(rp)
+    await catalog.add_recovery_point(rp)
+    return rp
 
 
 async def _check_items(pool: StoragePool, rp: RecoveryPoint, items: Sequence[str]) -> None:
@@ -214,7 +235,9 @@ async def start_cloud_restore(
     jobs = ctx.job_manager()
     job = await jobs.start_restore(target.id, params, hold=True)
     log.info("cloud_restore_started", job_id=job.id, online_rp_id=row.id, rp_id=row.disk_rp_id)
-    task = asyncio.create_task(run_cloud_restore(ctx, registry, job.id, row))
+    task = asyncio.create_task(
+        run_cloud_restore(ctx, registry, job.id, row), name=f"cloud-restore-{job.id}"
+    )
     _TASKS.add(task)
     task.add_done_callback(_TASKS.discard)
     jobs.hold_task(job.id, task)

@@ -342,6 +342,7 @@ class Server:
             # Every job start asks the gate; a state change stops what the table stops.
             gate = CloudGate(cloud.status, jobs=jobs, online=online)
             ctx.cloud_gate = jobs.gate = online.gate = gate
+            verify_runner_for(ctx).gate = gate  # healing a disk verify from the vault
             stack.callback(cloud.subscribe(gate.on_change))
             maintenance.online = online  # cloud GC shares the runner's vault and writer lock
             self.online, self.online_scheduler = online, online_scheduler

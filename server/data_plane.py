@@ -8,15 +8,26 @@ Wire formats are in agent/protocol.py. What is checked here, for every request:
 - every uploaded chunk is decoded and re-hashed before it is stored (Session.put verify);
 - a restore reads only the entries and chunks of its job's recovery point and selection.
 
-Commit order: pool commit (the recovery-point record, after every chunk is durable), then
-the catalog row. A crash between the two leaves a pool RP without a catalog row, which
-the next start re-adds (catalog.rebuild_from_pool runs at every start).
+Commit order, all under the job's lock (server/job_commits.py, shared with the job
+engine, which writes every final state under it): the job is read again and must still
+be running (else the session is aborted and nothing is written, 409); the pool commit
+(the recovery-point record, after every chunk is durable); the catalog row; the RP is
+noted as committed for the job. These steps run to their end even if the request is
+cancelled (server/settled.py), so a pool record never lacks its row for long. A job
+ended (Stop-Job, the cloud policy, the reserve) before the commit takes the lock gets no
+RP; an end asked for while the commit runs waits for it and then finds the RP, which is
+kept: the job ends ``succeeded_with_warnings`` saying the stop came after the commit.
+A crash between the record and the row leaves a pool RP without a catalog row, which the
+next start re-adds (catalog.rebuild_from_pool runs at every start).
 
 Free space (server/capacity.py): opening a session and every chunk upload first check the
 pool's filesystem against the reserve (the upload checks in the same worker job that
 writes, so the check is next to the write). Under the reserve, or when a write fails with
 ENOSPC/EDQUOT, the backup fails cleanly: its session is aborted (no recovery point), the
 job fails with the reserve message, the `pool_reserve` alert opens and the agent gets 507.
+That failure takes the job's lock too: an upload refused while the job's commit runs
+waits for it, and once the RP is committed the job is not failed (it ends as the agent
+reports; the refused upload still gets 507).
 """
 
 from __future__ import annotations
@@ -50,6 +61,8 @@ from server.catalog_errors import CatalogError
 from server.context import ServerContext
 from server.http_json import error_response, http_error, read_object
 from server.ids import JobId
+from server.job_commits import CommitGuard
+from server.settled import settled
 from storage_pool import Entry, EntryType, RecoveryPoint, Session, framing
 from storage_pool.errors import IntegrityError, PoolError, SessionError
 from storage_pool.ids import ChunkId
@@ -89,6 +102,8 @@ class DataPlane:
     ctx: ServerContext
     sessions: dict[str, BackupSession] = field(default_factory=dict)
     restores: dict[str, RestoreView] = field(default_factory=dict)
+    # The job locks when no job engine runs (tests of the data plane alone).
+    own_commits: CommitGuard = field(default_factory=CommitGuard)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -123,6 +138,11 @@ class DataPlane:
                     log.warning("session_reaped", job_id=s.job_id, session_id=sid)
 
     # -- helpers ---------------------------------------------------------------
+
+    def commits(self) -> CommitGuard:
+        """The job locks shared with the job engine (server/job_commits.py)."""
+        jobs = self.ctx.jobs
+        return jobs.commits if jobs is not None else self.own_commits
 
     async def _running_job(self, request: web.Request, job_id: str, kind: str) -> Any:
         agent = request[AGENT_KEY]
@@ -275,17 +295,35 @@ class DataPlane:
         warnings = body.get("warnings", 0)
         if isinstance(warnings, int) and warnings > 0:
             labels["warnings"] = str(warnings)
-        async with s.lock:
+        outcome = await settled(self._commit_locked(s, labels), name=f"commit-{job.id}")
+        if isinstance(outcome, PoolError):
+            return await self._fail_for_space(s.job_id, outcome)
+        return outcome
+
+    async def _commit_locked(
+        self, s: BackupSession, labels: dict[str, str]
+    ) -> web.Response | PoolError:
+        """The commit's steps under the job's lock (module docstring); a no-space error
+        is returned, to fail the job once the lock is free."""
+        async with s.lock, self.commits().ending(s.job_id):
             try:
+                job = await self.ctx.catalog.get_job(JobId(s.job_id))
+                if job.state != JobState.RUNNING:
+                    s.session.abort()
+                    log.warning("commit_refused_job_ended", job_id=s.job_id, state=job.state)
+                    return error_response(
+                        409, f"job {s.job_id} is {job.state}: nothing of it was committed"
+                    )
                 rp = await s.session.commit(labels)
             except (SessionError, PoolError) as err:
                 if is_no_space(err):
-                    return await self._fail_for_space(s.job_id, err)
+                    return err
                 return error_response(400, f"commit: {err}")
             finally:
                 self.sessions.pop(s.id, None)
-        await self.ctx.catalog.add_recovery_point(rp)
-        log.info("recovery_point_committed", job_id=job.id, rp_id=rp.id, files=rp.files)
+            await self.ctx.catalog.add_recovery_point(rp)
+            self.commits().committed(s.job_id, rp)
+        log.info("recovery_point_committed", job_id=s.job_id, rp_id=rp.id, files=rp.files)
         return web.json_response({"rp_id": rp.id})
 
     async def abort(self, request: web.Request) -> web.Response:
@@ -304,15 +342,22 @@ class DataPlane:
 
         The job fails before the session goes: a parallel upload of the same agent then
         gets 404 for the aborted session, and its failure report must find the job
-        already failed with this reason (the catalog keeps the first final state)."""
+        already failed with this reason (the catalog keeps the first final state).
+        Under the job's lock: if its RP was committed meanwhile, the job is left to end
+        as the agent reports (module docstring)."""
         pool_path = self.ctx.pool.root
         if isinstance(err, InsufficientStorageError):
             message = str(err)
         else:
             message = full_message(pool_path, err)
-        await self.ctx.catalog.transition_job(JobId(job_id), JobState.FAILED, error=message)
-        self.abort_for_job(job_id)
-        log.error("backup_failed_no_space", job_id=job_id, error=message)
+        async with self.commits().ending(job_id) as committed:
+            if committed is None:
+                await self.ctx.catalog.transition_job(JobId(job_id), JobState.FAILED, error=message)
+                self.abort_for_job(job_id)
+        if committed is not None:
+            log.warning("no_space_after_commit", job_id=job_id, rp_id=committed.id, error=message)
+        else:
+            log.error("backup_failed_no_space", job_id=job_id, error=message)
         if isinstance(err, InsufficientStorageError):
             await report_capacity(err.capacity, self.ctx.alerts)
         elif self.ctx.alerts is not None:

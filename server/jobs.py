@@ -16,6 +16,15 @@ catalog ignores a second final state, because QoS 1 may deliver a result twice.
 
 The backup's recovery point is committed by the data plane (server/data_plane.py) before
 the agent reports success, so the catalog row and the pool record exist when the job ends.
+Every final state is written under the job's lock in `commits` (server/job_commits.py),
+the lock the data plane's commit holds: a job ended before its commit makes the commit
+refuse; a failure or stop that comes after the commit keeps the RP and ends the job
+``succeeded_with_warnings`` saying so, never "failed" beside an RP.
+
+Held restores (a restore from the cloud re-seeding the pool first, server/cloud_restore.py)
+run their server phase in a task registered with `hold_task`. Stop-Job and the cloud policy
+end the job first, then cancel that task and wait for it to end: the re-seed stops at its
+next await, and a pool commit it had started finishes with its catalog row first.
 
 The cloud policy (server/cloud_gate.py), when `gate` is set: `start_backup` and
 `start_restore` raise `CloudPolicyRefused` for an operation it does not allow; each tick,
@@ -42,6 +51,7 @@ from server.catalog_rows import JobTrigger
 from server.cloud_gate import CloudGate, operation_of, restore_operation
 from server.cloud_status import Decision, Operation
 from server.ids import AgentId, JobId
+from server.job_commits import CommitGuard, kept_after_commit
 from server.loops import repeat
 
 log = structlog.get_logger()
@@ -85,6 +95,8 @@ class JobManager:
     server_cancel: Callable[[Any], Awaitable[Any]] | None = None
     # The cloud policy every start and dispatch asks; None: everything is allowed.
     gate: CloudGate | None = None
+    # Orders each backup's RP commit (the data plane) with the job's final state.
+    commits: CommitGuard = field(default_factory=CommitGuard)
     presence: dict[str, AgentPresence] = field(default_factory=dict)
     # Restore jobs with a server phase first (re-seeding from the vault): running, not
     # dispatched until released (True), never failed as "agent restarted" meanwhile.
@@ -191,8 +203,11 @@ class JobManager:
                 "job", job.id, f"{job.kind} jobs run on the server and cannot be stopped"
             )
         pres = self.presence.get(agent_id)
+        phase = self._server_phase.pop(job_id, None)
         if job.state == "queued" or pres is None or not pres.online or job_id in self._held:
             job = await self._finish(job.id, "cancelled", error="cancelled by operator")
+        if phase is not None:
+            await _end_server_phase(phase)
         if job_id in self._dispatched or job.state == "running":
             await self._send(agent_id, p.CMD_CANCEL, job_id, {"job_id": job_id})
         return job
@@ -235,7 +250,7 @@ class JobManager:
         await self._finish(job.id, "failed", error=reason, retryable=False)
         log.warning("job_stopped_by_cloud_policy", job_id=job.id, kind=str(job.kind), error=reason)
         if phase is not None:
-            phase.cancel()
+            await _end_server_phase(phase)
         if tell_agent and job.agent_id is not None:
             await self._send(job.agent_id, p.CMD_CANCEL, job.id, {"job_id": job.id})
 
@@ -418,20 +433,35 @@ class JobManager:
     ) -> Any:
         self._dispatched.pop(job_id, None)
         self._held.pop(job_id, None)
-        job = await self.catalog.transition_job(
-            JobId(job_id),
-            JobState(state),
-            error=error,
-            result=result,
-            warnings=warnings,
-            retryable=retryable,
-        )
+        async with self.commits.ending(job_id) as rp:
+            if rp is not None and state in ("failed", "cancelled"):
+                kept = kept_after_commit(rp, state, error, result, warnings)
+                log.warning("job_end_after_commit", job_id=job_id, asked=state, rp_id=rp.id)
+                state, error, result = kept.state, kept.error, kept.result
+                warnings, retryable = kept.warnings, None
+            job = await self.catalog.transition_job(
+                JobId(job_id),
+                JobState(state),
+                error=error,
+                result=result,
+                warnings=warnings,
+                retryable=retryable,
+            )
+            if job.state.is_final:
+                self.commits.forget(job_id)
         if job.state == state:
             log.info("job_finished", job_id=job_id, state=state, error=error)
         if self.on_final is not None:
             await self.on_final(job)
         self._wake.set()
         return job
+
+
+async def _end_server_phase(task: asyncio.Task[Any]) -> None:
+    """Cancel a held job's server phase and wait until it has ended (its own cleanup, a
+    settled pool commit included, runs first); its outcome was already reported."""
+    task.cancel()
+    await asyncio.wait({task})
 
 
 def _progress(body: Mapping[str, Any]) -> dict[str, Any]:

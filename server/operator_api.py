@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Iterable
 from typing import Any
@@ -13,12 +12,10 @@ from aiohttp import web
 from agent import protocol as p
 from server import __version__
 from server.alerts import alert_json
-from server.auth import Handler
 from server.capacity import pool_capacity
 from server.catalog import JobState
 from server.catalog_errors import CatalogError
 from server.cloud_restore import disk_copy_gone
-from server.cloud_status import CloudPolicyRefused
 from server.context import CTX_KEY, ServerContext
 from server.http_json import error_response, read_object
 from server.operator_cloud import cloud_recovery_points, restore_from_cloud
@@ -123,20 +120,6 @@ def rp_json(r: Any) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- handlers
-
-
-def policy_refusals_as_409(handler: Handler) -> Handler:
-    """A job start the cloud policy refuses (server/cloud_gate.py) is 409 Conflict with the
-    policy's reason (it names the connectivity and the vault state); the CLI exits 1."""
-
-    @functools.wraps(handler)
-    async def checked(request: web.Request) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except CloudPolicyRefused as err:
-            return error_response(409, str(err))
-
-    return checked
 
 
 async def health(request: web.Request) -> web.Response:
@@ -500,8 +483,8 @@ def routes() -> Iterable[web.RouteDef]:
         web.get(f"{b}/data-sources", list_data_sources),
         web.post(f"{b}/data-sources", add_data_source),
         web.delete(f"{b}/data-sources/{{ref}}", remove_data_source),
-        web.post(f"{b}/jobs/backup", policy_refusals_as_409(start_backup)),
-        web.post(f"{b}/jobs/restore", policy_refusals_as_409(start_restore)),
+        web.post(f"{b}/jobs/backup", start_backup),
+        web.post(f"{b}/jobs/restore", start_restore),
         web.get(f"{b}/jobs", list_jobs),
         web.get(f"{b}/jobs/{{id}}", get_job),
         web.post(f"{b}/jobs/{{id}}/cancel", cancel_job),

@@ -117,7 +117,8 @@ async def _sync(registry: VaultRegistry, ctx: ServerContext) -> SyncReport:
     """Sync the catalog from the registered vault (it holds `in_use`: Unregister-Vault
     refuses while it runs)."""
     with registry.in_use("vault sync"):
-        return await sync_registered(registry, ctx.catalog)
+        # Reading the vault into the catalog is a restore from cloud for the policy.
+        return await sync_registered(registry, ctx.catalog, gate=ctx.cloud_gate)
 
 
 async def cloud_recovery_points(

@@ -22,6 +22,13 @@ second KDF run when the header is unchanged) through the registry's opener (the 
 is observed by the connection monitor, server/cloud_health.py) with its location cache
 under ``<data_dir>/vault``; the cache holds the catalog generation this server has seen, which
 makes a later rollback of the vault detectable.
+
+The cloud policy (server/cloud_gate.py): reading the vault to fill the catalog is a
+restore from cloud in the policy's terms, so `sync_registered` with a `gate` raises
+`CloudPolicyRefused` (its message names the connectivity and the vault state) before it
+opens the vault when that is not allowed. Syncs that are part of an online backup
+(server/online_retention.py calls `sync_from_vault`) are that job's, gated as a backup to
+cloud.
 """
 
 from __future__ import annotations
@@ -31,17 +38,21 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from server.catalog import Catalog
 from server.catalog_errors import CatalogError
+from server.cloud_status import Operation
 from server.vault_registry import VaultRegistry
 from storage_pool.vault.catalog import ManifestStatus
 from storage_pool.vault.location_cache import LocationCache
 from storage_pool.vault.reader import OnlineRecoveryPoint, VaultReader
 from storage_pool.vault.vault import Vault
+
+if TYPE_CHECKING:
+    from server.cloud_gate import CloudGate
 
 __all__ = [
     "SyncReport",
@@ -175,8 +186,13 @@ async def sync_from_vault(catalog: Catalog, vault: Vault) -> SyncReport:
     return report
 
 
-async def sync_registered(registry: VaultRegistry, catalog: Catalog) -> SyncReport:
-    """`sync_from_vault` on the registered vault; NotRegisteredError if there is none."""
+async def sync_registered(
+    registry: VaultRegistry, catalog: Catalog, *, gate: CloudGate | None = None
+) -> SyncReport:
+    """`sync_from_vault` on the registered vault; NotRegisteredError if there is none,
+    CloudPolicyRefused if `gate` does not allow a restore from cloud now."""
+    if gate is not None:
+        gate.check(Operation.RESTORE_FROM_CLOUD)
     async with registered_vault(registry) as vault:
         return await sync_from_vault(catalog, vault)
 

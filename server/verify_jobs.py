@@ -10,6 +10,14 @@ holds is fetched, checked against its id (AEAD and hash, reader.py) and written 
 the RPs it broke are whole again. A vault that cannot be opened does not stop the check;
 the result says why nothing was repaired.
 
+The cloud policy (server/cloud_gate.py, when the runner has a `gate`): reading chunks from
+the vault to heal the pool is a restore from cloud. When the policy does not allow one, a
+disk verify still runs, without healing: the vault is not opened, damaged chunks stay
+quarantined, and the result's ``repair_unavailable`` says healing was skipped and why
+(``repair_skipped_by_policy`` is true). The gate is asked again before each chunk is
+fetched, so a state change during the check stops healing there (the chunk's
+``repair_failure`` names the reason). A disk verify without healing is never refused.
+
 Cloud (`verify_cloud`): for every live online RP the index segments it pins and its file
 list (the pool manifest chunks, stored in packs) are read, then every blob the RP
 references (or a seeded random sample of the distinct ones; manifest chunks are always
@@ -41,13 +49,14 @@ import contextlib
 import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import structlog
 
 from server.catalog import Catalog, JobKind, JobRow, JobState
 from server.catalog_errors import ConflictError, InvalidStateError
 from server.catalog_rows import JobTrigger
+from server.cloud_status import Operation
 from server.ids import JobId
 from server.loops import repeat
 from server.vault_registry import VaultRegistry, VaultRegistryError
@@ -61,6 +70,9 @@ from storage_pool.vault.catalog import ManifestStatus
 from storage_pool.vault.format_errors import VaultFormatError
 from storage_pool.vault.reader import ChunkNotInVaultError, OnlineRecoveryPoint, VaultReader
 from storage_pool.vault.vault import Vault
+
+if TYPE_CHECKING:
+    from server.cloud_gate import CloudGate
 
 __all__ = [
     "TIERS",
@@ -106,11 +118,14 @@ class VaultChunkSource:
     when the vault does not hold it or its copy is damaged too (the reason is kept).
 
     Chunks are located through the location cache first; at the first miss the index
-    segments of every live online RP are loaded (a fresh data dir has no cache)."""
+    segments of every live online RP are loaded (a fresh data dir has no cache). With a
+    `gate`, each fetch first asks the cloud policy for a restore from cloud."""
 
-    def __init__(self, vault: Vault) -> None:
+    def __init__(self, vault: Vault, gate: CloudGate | None = None) -> None:
         self.reader = VaultReader(vault)
+        self.gate = gate
         self.failures: dict[ChunkId, str] = {}
+        self.refused: str | None = None  # why the policy stopped healing, once it did
         self._segments_loaded = False
 
     async def _load_all_segments(self) -> None:
@@ -122,6 +137,12 @@ class VaultChunkSource:
                     await self.reader.load_locations(orp)
 
     async def fetch_chunk(self, cid: ChunkId) -> bytes | None:
+        refused = healing_refused(self.gate)
+        if refused is not None:
+            if self.refused is None:
+                log.warning("verify_healing_stopped", reason=refused)
+            self.refused = self.failures[cid] = refused
+            return None
         try:
             return await self.reader.read_chunk(cid)
         except ChunkNotInVaultError:
@@ -135,8 +156,21 @@ class VaultChunkSource:
         return await self.fetch_chunk(cid)
 
 
+def healing_refused(gate: CloudGate | None) -> str | None:
+    """Why the cloud policy does not allow healing from the vault now; None if it does."""
+    if gate is None:
+        return None
+    decision = gate.decision(Operation.RESTORE_FROM_CLOUD)
+    return None if decision.allowed else f"healing from the vault skipped: {decision.reason}"
+
+
 def _disk_doc(
-    report: VerifyReport, sample: float | None, source: VaultChunkSource | None, why: str | None
+    report: VerifyReport,
+    sample: float | None,
+    source: VaultChunkSource | None,
+    why: str | None,
+    *,
+    by_policy: bool = False,
 ) -> dict[str, Any]:
     problems = sorted(report.problems.values(), key=lambda p: p.id)
     return {
@@ -171,6 +205,7 @@ def _disk_doc(
         "index_rows_added": report.index_rows_added,
         "repair_source": "vault" if source is not None else None,
         "repair_unavailable": why,
+        "repair_skipped_by_policy": by_policy,
     }
 
 
@@ -180,22 +215,31 @@ async def verify_disk(
     *,
     sample: float | None = None,
     seed: int | None = None,
+    gate: CloudGate | None = None,
 ) -> dict[str, Any]:
-    """Check the pool, repairing from the registered vault if there is one."""
+    """Check the pool, repairing from the registered vault if there is one and `gate`
+    (the cloud policy; None: no policy) allows a restore from cloud."""
     async with contextlib.AsyncExitStack() as stack:
         source: VaultChunkSource | None = None
         why: str | None = None
+        refused = healing_refused(gate)
         if registry is None or await registry.registration() is None:
             why = "no vault is registered"
+        elif refused is not None:
+            why = refused
+            log.warning("verify_healing_skipped", reason=refused)
         else:
             try:
                 vault = await stack.enter_async_context(registered_vault(registry))
-                source = VaultChunkSource(vault)
+                source = VaultChunkSource(vault, gate)
             except (VaultBackendError, VaultFormatError, VaultRegistryError) as err:
                 why = f"the vault could not be opened: {type(err).__name__}: {err}"
                 log.warning("verify_repair_source_unavailable", error=why)
         report = await pool.verify(sample=sample, seed=seed, repair_from=source)
-        return _disk_doc(report, sample, source, why)
+        if source is not None and source.refused is not None:
+            why = source.refused
+        by_policy = refused is not None or (source is not None and source.refused is not None)
+        return _disk_doc(report, sample, source, why, by_policy=by_policy)
     raise AssertionError("unreachable")  # pragma: no cover  (mypy: the stack may swallow)
 
 
@@ -358,8 +402,13 @@ class VerifyRunner:
         pool: StoragePool,
         registry: VaultRegistry,
         clock: Callable[[], float],
+        *,
+        gate: CloudGate | None = None,
     ) -> None:
         self.catalog = catalog
+        # The cloud policy healing from the vault asks (module docstring); the daemon sets
+        # it once the health monitor runs. None: healing is never refused.
+        self.gate = gate
         self._pool = pool
         self._registry = registry
         self._clock = clock
@@ -465,7 +514,9 @@ class VerifyRunner:
                 async with registered_vault(self._registry) as vault:
                     doc = await verify_cloud(vault, sample=sample, seed=seed)
             else:
-                doc = await verify_disk(self._pool, self._registry, sample=sample, seed=seed)
+                doc = await verify_disk(
+                    self._pool, self._registry, sample=sample, seed=seed, gate=self.gate
+                )
         except asyncio.CancelledError:
             if entry.cancelled_by_operator:
                 await self._end(job.id, JobState.CANCELLED, error=CANCELLED_ERROR)

@@ -221,7 +221,18 @@ class VaultReader:
             if batch:
                 await session.put(batch, verify=False)
                 fetched += len(batch)
-            await pool.run(pool.write_recovery_point, rp)  # the commit, as a session's
+            # The commit, as a session's. A cancel meanwhile waits for the record write to
+            # end (its thread cannot be stopped), so the caller finds it written or not.
+            commit = asyncio.create_task(
+                pool.run(pool.write_recovery_point, rp), name=f"reseed-commit-{rp.id}"
+            )
+            try:
+                await asyncio.shield(commit)
+            except asyncio.CancelledError:
+                await asyncio.wait({commit})
+                # Its error, if any, is read and dropped: the caller is being cancelled.
+                _ = commit.cancelled() or commit.exception()
+                raise
         return ReseedResult(
             rp.id, len(ids) + len(rp.manifest_chunks), fetched, already_present=False
         )
