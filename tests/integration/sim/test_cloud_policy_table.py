@@ -260,19 +260,18 @@ async def attempt(p: Protected, op: Operation) -> Attempt:
         return await cli_attempt(
             p, "Start-Restore", "-RecoveryPoint", p.disk_rp, "-TargetPath", target, "-Overwrite"
         )
-    # The REST call of Start-Restore -FromCloud: the CLI first resolves the RP from the
-    # online listing, which no longer names the copies of a deprovisioned vault.
-    body = {
-        "rp_id": await newest_online_rp(p),
-        "from_cloud": True,
-        "target_path": target,
-        "conflict": "overwrite",
-    }
-    status, doc = await p.sim.api("POST", "/jobs/restore", body)
-    if status == 201:
-        return Attempt(doc["id"], "")
-    assert status == 409, (status, doc)
-    return Attempt(None, doc["error"])
+    # Once the vault is deprovisioned the catalog no longer lists its copies, so the CLI
+    # asks the vault (source=vault), which the policy refuses as a restore from cloud.
+    return await cli_attempt(
+        p,
+        "Start-Restore",
+        "-FromCloud",
+        "-RecoveryPoint",
+        await newest_online_rp(p),
+        "-TargetPath",
+        target,
+        "-Overwrite",
+    )
 
 
 async def check_row(
