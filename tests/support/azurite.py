@@ -67,3 +67,21 @@ class Azurite(ServiceProcess):
             f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={key};"
             f"BlobEndpoint={endpoint};"
         )
+
+
+class PersistentAzurite(Azurite):
+    """Azurite keeping its blobs under `location`: a restart on the same port finds them,
+    so "the cloud came back" finds the vault it left."""
+
+    def __init__(self, location: Path, port: int | None = None) -> None:
+        super().__init__(port)
+        self.location = location
+
+    def argv(self) -> list[str]:
+        argv = super().argv()
+        # --extentMemoryLimit (and its value) only applies to in-memory persistence.
+        j = argv.index("--extentMemoryLimit")
+        del argv[j : j + 2]
+        i = argv.index("--inMemoryPersistence")
+        argv[i : i + 1] = ["--location", str(self.location)]
+        return argv

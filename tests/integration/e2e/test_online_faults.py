@@ -46,7 +46,7 @@ from tests.integration.e2e.test_online_e2e import (
     wait_job,
     write_random_tree,
 )
-from tests.support.azurite import Azurite
+from tests.support.azurite import Azurite, PersistentAzurite
 from tests.support.stack import Stack
 from tests.support.tree_compare import assert_same_tree
 
@@ -159,24 +159,6 @@ def test_kill9_mid_upload_ten_times_then_resume(tmp_path: Path) -> None:
 # The long outage's retry budget: long enough to see retries, short enough for the default
 # suite (the outage itself never ends while the job runs, so no timing is asserted).
 OUTAGE_BUDGET = 3
-
-
-class PersistentAzurite(Azurite):
-    """Azurite keeping its blobs under `location`: a restart on the same port finds them."""
-
-    def __init__(self, location: Path, port: int | None = None) -> None:
-        super().__init__(port)
-        self.location = location
-
-    def argv(self) -> list[str]:
-        argv = super().argv()
-        i = argv.index("--inMemoryPersistence")
-        # --extentMemoryLimit (and its value) only applies to in-memory persistence.
-        j = argv.index("--extentMemoryLimit")
-        del argv[j : j + 2]
-        argv[i] = "--location"
-        argv.insert(i + 1, str(self.location))
-        return argv
 
 
 @pytest.fixture

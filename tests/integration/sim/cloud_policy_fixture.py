@@ -8,7 +8,6 @@ import math
 import ssl
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -17,7 +16,7 @@ from azure.storage.blob.aio import ContainerClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from server.metrics import METRICS_PATH
-from tests.support.azurite import ACCOUNT, ACCOUNT_KEY, Azurite
+from tests.support.azurite import ACCOUNT, ACCOUNT_KEY, Azurite, PersistentAzurite
 from tests.support.sim import SimServer
 from tests.support.stack import CliResult
 
@@ -39,24 +38,6 @@ PASSPHRASE = "correct horse battery staple"
 
 # label pairs of one sample -> its value, by family name
 Metrics = dict[str, dict[tuple[tuple[str, str], ...], float]]
-
-
-class PersistentAzurite(Azurite):
-    """Azurite keeping its blobs under `location`: a restart on the same port finds them,
-    so "the cloud came back" finds the vault it left."""
-
-    def __init__(self, location: Path, port: int | None = None) -> None:
-        super().__init__(port)
-        self.location = location
-
-    def argv(self) -> list[str]:
-        argv = super().argv()
-        # --extentMemoryLimit (and its value) only applies to in-memory persistence.
-        j = argv.index("--extentMemoryLimit")
-        del argv[j : j + 2]
-        i = argv.index("--inMemoryPersistence")
-        argv[i : i + 1] = ["--location", str(self.location)]
-        return argv
 
 
 def sas_spec(azurite: Azurite, container: str, expiry: datetime) -> dict[str, Any]:

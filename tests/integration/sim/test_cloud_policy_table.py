@@ -45,7 +45,6 @@ from server.cloud_status import Operation
 from server.ids import DataSourceId
 from storage_pool.vault.header import VaultState
 from tests.integration.sim.cloud_policy_fixture import (
-    PersistentAzurite,
     delete_container,
     detailed_fields,
     detailed_operations,
@@ -54,6 +53,7 @@ from tests.integration.sim.cloud_policy_fixture import (
     scrape,
     whole_seconds_from_now,
 )
+from tests.support.azurite import PersistentAzurite
 from tests.support.sim import SimServer
 
 DAY: Final = 86400.0
