@@ -31,7 +31,7 @@ Stop-Job on the held job (server/jobs.py `cancel`) ends it ``cancelled``, then c
 re-seed task and waits for it. Cancelled before the pool commit, the re-seed leaves only
 unreferenced chunks (GC takes them). Cancelled while the pool writes the RP's record, the
 write ends first (reader.py), and if the record is there its catalog row is added before
-the cancellation goes on (server/settled.py): a pool RP never lacks its row. Such an RP is
+the cancellation goes on (storage_pool/settle.py): a pool RP never lacks its row. Such an RP is
 a complete copy of the online RP, kept as an ordinary disk RP.
 """
 
@@ -50,12 +50,12 @@ from server.catalog_errors import NotFoundError
 from server.catalog_online import OnlineRecoveryPointRow
 from server.cloud_status import Operation
 from server.context import ServerContext
-from server.settled import settled
 from server.vault_registry import VaultRegistry
 from server.vault_sync import registered_vault
 from storage_pool import StoragePool
 from storage_pool.errors import RecoveryPointNotFoundError
 from storage_pool.recovery_point import RecoveryPoint
+from storage_pool.settle import settle
 from storage_pool.vault.format import ObjectKind
 from storage_pool.vault.format_errors import TamperedObjectError
 from storage_pool.vault.reader import ReseedResult, VaultReader
@@ -131,11 +131,11 @@ async def reseed(
             result = await reader.restore_into_pool(pool, orp)
         except asyncio.CancelledError:
             # The record write, if it began, has ended: its row must not be left out.
-            if await settled(in_pool(pool, orp.id), name=f"reseed-check-{orp.id}"):
-                await settled(_add_row(pool, catalog, orp.id), name=f"reseed-row-{orp.id}")
+            if await settle(in_pool(pool, orp.id), name=f"reseed-check-{orp.id}"):
+                await settle(_add_row(pool, catalog, orp.id), name=f"reseed-row-{orp.id}")
                 log.warning("reseed_cancelled_after_commit", online_rp_id=row.id, rp_id=orp.id)
             raise
-    rp = await settled(_add_row(pool, catalog, orp.id), name=f"reseed-row-{orp.id}")
+    rp = await settle(_add_row(pool, catalog, orp.id), name=f"reseed-row-{orp.id}")
     log.info(
         "recovery_point_reseeded",
         online_rp_id=row.id,

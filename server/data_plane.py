@@ -13,7 +13,7 @@ engine, which writes every final state under it): the job is read again and must
 be running (else the session is aborted and nothing is written, 409); the pool commit
 (the recovery-point record, after every chunk is durable); the catalog row; the RP is
 noted as committed for the job. These steps run to their end even if the request is
-cancelled (server/settled.py), so a pool record never lacks its row for long. A job
+cancelled (storage_pool/settle.py), so a pool record never lacks its row for long. A job
 ended (Stop-Job, the cloud policy, the reserve) before the commit takes the lock gets no
 RP; an end asked for while the commit runs waits for it and then finds the RP, which is
 kept: the job ends ``succeeded_with_warnings`` saying the stop came after the commit.
@@ -62,12 +62,12 @@ from server.context import ServerContext
 from server.http_json import error_response, http_error, read_object
 from server.ids import JobId
 from server.job_commits import CommitGuard
-from server.settled import settled
 from storage_pool import Entry, EntryType, RecoveryPoint, Session, framing
 from storage_pool.errors import IntegrityError, PoolError, SessionError
 from storage_pool.ids import ChunkId
 from storage_pool.manifest import MANIFEST_VERSION, entry_from_wire
 from storage_pool.session import PutResult
+from storage_pool.settle import settle
 
 log = structlog.get_logger()
 
@@ -295,7 +295,7 @@ class DataPlane:
         warnings = body.get("warnings", 0)
         if isinstance(warnings, int) and warnings > 0:
             labels["warnings"] = str(warnings)
-        outcome = await settled(self._commit_locked(s, labels), name=f"commit-{job.id}")
+        outcome = await settle(self._commit_locked(s, labels), name=f"commit-{job.id}")
         if isinstance(outcome, PoolError):
             return await self._fail_for_space(s.job_id, outcome)
         return outcome

@@ -10,7 +10,7 @@ and the data plane (server/data_plane.py). It holds one lock per job. Under that
   (not running: the commit is refused and its session aborted, nothing is written); the
   pool commit (manifest tail, every chunk durable, then the record: the pool's commit
   point); the catalog row; `committed(job, rp)`. Once started these steps run to their end
-  even if the request is cancelled (server/settled.py);
+  even if the request is cancelled (storage_pool/settle.py);
 - every final state of a backup job: `JobManager._finish` (agent results, Stop-Job, the
   cloud policy, agent restarts and timeouts) and the data plane's no-space failure.
 

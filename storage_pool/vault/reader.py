@@ -25,6 +25,7 @@ from storage_pool.ids import ChunkId, RecoveryPointId
 from storage_pool.manifest import iter_entries
 from storage_pool.pool import StoragePool
 from storage_pool.recovery_point import RecoveryPoint
+from storage_pool.settle import settle
 from storage_pool.vault.backend import NotFound
 from storage_pool.vault.catalog import Catalog, CatalogEntry, ManifestStatus
 from storage_pool.vault.format_errors import TamperedObjectError, VaultFormatError
@@ -223,16 +224,7 @@ class VaultReader:
                 fetched += len(batch)
             # The commit, as a session's. A cancel meanwhile waits for the record write to
             # end (its thread cannot be stopped), so the caller finds it written or not.
-            commit = asyncio.create_task(
-                pool.run(pool.write_recovery_point, rp), name=f"reseed-commit-{rp.id}"
-            )
-            try:
-                await asyncio.shield(commit)
-            except asyncio.CancelledError:
-                await asyncio.wait({commit})
-                # Its error, if any, is read and dropped: the caller is being cancelled.
-                _ = commit.cancelled() or commit.exception()
-                raise
+            await settle(pool.run(pool.write_recovery_point, rp), name=f"reseed-commit-{rp.id}")
         return ReseedResult(
             rp.id, len(ids) + len(rp.manifest_chunks), fetched, already_present=False
         )

@@ -27,7 +27,10 @@ A pack in the vault that no cache row names (its scratch file lost) is garbage f
 vault GC; a rebuilt cache (vault.py) adopts such orphans instead.
 
 Cancellation: set `stop` (checked between batches of chunks), or cancel the task; both
-leave the scratch area empty and the vault consistent (steps 2-4 are not started).
+leave the scratch area empty and the vault consistent (steps 2-4 are not started). A
+failed or cancelled step 1 ends only after every pack's thread has stopped and its file
+is gone (storage_pool/settle.py): a cancellation waits for the pack step running at that moment.
+Each pack's scratch bytes are released exactly once, after its file is deleted.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ from storage_pool import framing
 from storage_pool.ids import ChunkId
 from storage_pool.pool import StoragePool
 from storage_pool.recovery_point import RecoveryPoint
+from storage_pool.settle import settle
 from storage_pool.vault.catalog import CatalogEntry
 from storage_pool.vault.crypto import OVERHEAD
 from storage_pool.vault.format import ObjectKind
@@ -231,8 +235,10 @@ class _Packer:
         self.pack_size = pack_size
         self.uploads = asyncio.Semaphore(parallelism)
         self.tasks: set[asyncio.Task[None]] = set()
-        # Packs handed to an upload task whose finally has not run: a task cancelled
-        # before its first step never runs it, so abort cleans these up itself.
+        # Packs whose file and scratch bytes are not yet released: the one `_release`
+        # that pops a pack from here deletes its file, then releases its bytes. An upload
+        # task cancelled before its first step never runs its finally, so abort releases
+        # what is left.
         self.unreleased: dict[str, tuple[PackBuild, int]] = {}
         self.in_flight = 0
         self.build: PackBuild | None = None
@@ -272,11 +278,11 @@ class _Packer:
                 if self.build is None:
                     raise ScratchTooSmallError(need, self.budget.limit)
                 await self.ship()
+            self.reserved += need  # counted at once: abort releases it, pack or not
             if self.build is None:
                 name = self.vault.namer.new_name(ObjectKind.PACK)
                 self.build = PackBuild(name, functools.partial(self._new_writer, name))
                 self.planned_size = 0
-            self.reserved += need
             self.pending.append((cid, frame))
             self.planned_size += PackWriter.sealed_size(len(frame))
             if self.planned_size >= self.pack_size:
@@ -354,9 +360,11 @@ class _Packer:
         entry = self.unreleased.pop(build.name, None)
         if entry is None:
             return
-        # The file goes before its bytes are released: disk usage <= in_use.
+        # The file goes before its bytes are released (disk usage <= in_use), also when
+        # the caller is cancelled meanwhile: `settle` waits for the discard (which waits
+        # for the pack's running step) instead of letting the release run ahead of it.
         try:
-            await asyncio.shield(asyncio.to_thread(build.discard))
+            await settle(asyncio.to_thread(build.discard), name=f"discard-{build.name}")
         finally:
             self.in_flight -= 1
             self.budget.release(entry[1])
@@ -369,19 +377,23 @@ class _Packer:
         self.raise_failure()
 
     async def abort(self) -> None:
-        if self.build is not None:
-            build, reserved = self.build, self.reserved
-            self.build, self.reserved, self.pending = None, 0, []
-            try:
-                await asyncio.to_thread(build.discard)
-            finally:
-                self.budget.release(reserved)
+        """Stop every upload and delete every pack; runs to its end even if cancelled."""
+        await settle(self._abort(), name="online-backup-abort")
+
+    async def _abort(self) -> None:
         for task in list(self.tasks):
             task.cancel()
+        build, reserved = self.build, self.reserved
+        self.build, self.reserved, self.pending = None, 0, []
+        if build is not None:
+            self.unreleased[build.name] = (build, reserved)
+            self.in_flight += 1
+        elif reserved:
+            self.budget.release(reserved)
         if self.tasks:
             await asyncio.wait(set(self.tasks))
-        for build, _ in list(self.unreleased.values()):
-            await self._release(build)
+        for left, _ in list(self.unreleased.values()):
+            await self._release(left)
 
 
 async def _pack_chunks(
@@ -418,8 +430,9 @@ async def _pack_chunks(
     except BaseException:
         for read in reads:
             read.cancel()
-        await asyncio.gather(*reads, return_exceptions=True)
+        # Scratch first: a cancellation while waiting for the reads must not skip it.
         await packer.abort()
+        await asyncio.gather(*reads, return_exceptions=True)
         raise
 
 

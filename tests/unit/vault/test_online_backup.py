@@ -17,6 +17,7 @@ from storage_pool.vault.uploader import copy_recovery_point, rp_chunk_ids
 from storage_pool.vault.vault import Vault
 from tests.unit.pool.file_backup import backup_files, read_back
 from tests.unit.pool.pool_opener import PoolOpener
+from tests.unit.vault.held_writer import CheckedBudget, Hold, loop_turns
 from tests.unit.vault.online_support import (
     MARKER,
     CountingBackend,
@@ -187,3 +188,67 @@ async def test_no_plaintext_in_vault_and_wrong_passphrase(
         assert b"ds-secret-name" not in data and b"file1.bin" not in data, path
     with pytest.raises(WrongPassphraseError):
         await open_vault(FolderBackend(tmp_path / "vault"), None, "a wrong passphrase, long")
+
+
+async def _one_pack_job(
+    pool: StoragePool, vault: Vault, scratch: Path, budget: ScratchBudget
+) -> asyncio.Task[object]:
+    rp, _, _ = await backup_files(pool, "ds", tree(6, files=2, size=20 * 1024))
+    return asyncio.create_task(
+        copy_recovery_point(pool, rp, vault, scratch, budget, pack_size=PACK, parallelism=1),
+        name="online-backup-under-test",
+    )
+
+
+async def test_cancel_while_a_failed_upload_discards_its_pack_waits_for_the_file(
+    pool: StoragePool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: the put of a pack failed and its upload task was deleting the file on
+    a thread when abort cancelled the task; the task released the pack's scratch bytes
+    and the job ended with the ``.pack`` file still in scratch (seen under load in
+    test_interrupted_upload_resumes_without_reuploading)."""
+    vault, _ = await _vault(tmp_path, fail_after=0)
+    scratch = tmp_path / "scratch"
+    budget = CheckedBudget(4 * PACK, scratch)
+    with Hold("abort") as hold:
+        monkeypatch.setattr("storage_pool.vault.uploader.PackWriter", hold.writer_class())
+        job = await _one_pack_job(pool, vault, scratch, budget)
+        await hold.reached_while(job)  # put failed; the discard is parked before unlink
+        job.cancel()
+        await loop_turns()
+        assert not job.done()
+        assert [p.suffix for p in scratch.iterdir()] == [".pack"] and budget.in_use > 0
+        hold.go.set()
+        with pytest.raises(asyncio.CancelledError):
+            await job
+    assert not list(scratch.iterdir()) and budget.in_use == 0
+    assert budget.overruns == []
+    await vault.close()
+
+
+async def test_a_second_cancel_while_abort_waits_for_a_finishing_pack_still_cleans_up(
+    pool: StoragePool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: abort waited for the upload tasks without protection, so a second
+    cancellation (a timeout around the job, a server stop after a Stop-Job) ended the
+    job while a pack's thread was still sealing it: the thread then renamed the file to
+    ``.pack`` after the job had returned, and its bytes stayed reserved."""
+    vault, _ = await _vault(tmp_path)
+    scratch = tmp_path / "scratch"
+    budget = CheckedBudget(4 * PACK, scratch)
+    with Hold("finish") as hold:
+        monkeypatch.setattr("storage_pool.vault.uploader.PackWriter", hold.writer_class())
+        job = await _one_pack_job(pool, vault, scratch, budget)
+        await hold.reached_while(job)  # the pack's thread is parked before its rename
+        job.cancel()
+        await loop_turns()
+        job.cancel()
+        await loop_turns()
+        assert not job.done()
+        assert [p.suffix for p in scratch.iterdir()] == [".partial"] and budget.in_use > 0
+        hold.go.set()
+        with pytest.raises(asyncio.CancelledError):
+            await job
+    assert not list(scratch.iterdir()) and budget.in_use == 0
+    assert budget.overruns == []
+    await vault.close()

@@ -15,6 +15,7 @@ from storage_pool.vault.format import ObjectKind
 from storage_pool.vault.names import ObjectNamer
 from storage_pool.vault.pack import PackReader, PackWriter
 from storage_pool.vault.pack_build import PackBuild
+from tests.unit.vault.held_writer import Hold, loop_turns
 
 
 def _frames(count: int) -> list[tuple[ChunkId, bytes]]:
@@ -63,4 +64,25 @@ async def test_a_failed_batch_fails_finish_and_discard_leaves_nothing(
     with pytest.raises(ValueError, match="frame"):
         await finished
     await asyncio.to_thread(build.discard)
+    assert await asyncio.to_thread(os.listdir, tmp_path) == []
+
+
+async def test_discard_waits_for_a_running_finish_then_removes_the_pack(
+    cipher: ObjectCipher, namer: ObjectNamer, tmp_path: Path
+) -> None:
+    """The rename to ``.pack`` that a running finish does must not outlive discard."""
+    name = namer.new_name(ObjectKind.PACK)
+    with Hold("finish") as hold:
+        writer_class = hold.writer_class()
+        build = PackBuild(name, lambda: writer_class(cipher, name, tmp_path, fsync=False))
+        build.add_many(_frames(2))
+        finished = build.finish()
+        await hold.reached_while(finished)
+        discarded = asyncio.ensure_future(asyncio.to_thread(build.discard))
+        await loop_turns()
+        assert not discarded.done()
+        hold.go.set()
+        await discarded
+    # The finish ran to its end (renamed), then discard removed what it made.
+    assert (await finished).path.suffix == ".pack"
     assert await asyncio.to_thread(os.listdir, tmp_path) == []
