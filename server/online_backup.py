@@ -307,17 +307,26 @@ class OnlineBackupRunner:
                     f"online backup job {active.id} of data source {ds.ref} is already"
                     f" {active.state.value}",
                 )
-            job = await self._catalog.create_server_job(
-                JobKind.ONLINE_BACKUP,
-                {"data_source_name": ds.name, "agent_name": ds.agent_name},
-                trigger,
-                ds.id,
-                attempt=attempt,
-                scheduled_for=scheduled_for,
-            )
+            job = await self._create_job(ds, trigger, attempt, scheduled_for)
         log.info("online_backup_queued", job_id=job.id, data_source=ds.id, trigger=trigger.value)
         self._wake.set()
         return job
+
+    async def _create_job(
+        self,
+        ds: DataSourceRow,
+        trigger: JobTrigger,
+        attempt: int,
+        scheduled_for: float | None,
+    ) -> JobRow:
+        return await self._catalog.create_server_job(
+            JobKind.ONLINE_BACKUP,
+            {"data_source_name": ds.name, "agent_name": ds.agent_name},
+            trigger,
+            ds.id,
+            attempt=attempt,
+            scheduled_for=scheduled_for,
+        )
 
     async def start_group(self, ref: str) -> GroupOnlineBackup:
         """One online backup per member of a live group; refused members are skipped with
@@ -388,14 +397,7 @@ class OnlineBackupRunner:
         """A scheduled online backup the cloud policy refused: its job, stored failed with
         `error` (never run: `_execute` starts only a job still queued)."""
         ds = await self._catalog.get_data_source(data_source_id)
-        job = await self._catalog.create_server_job(
-            JobKind.ONLINE_BACKUP,
-            {"data_source_name": ds.name, "agent_name": ds.agent_name},
-            trigger,
-            ds.id,
-            attempt=attempt,
-            scheduled_for=scheduled_for,
-        )
+        job = await self._create_job(ds, trigger, attempt, scheduled_for)
         return await self._catalog.transition_job(
             job.id, JobState.FAILED, error=error, retryable=False
         )
